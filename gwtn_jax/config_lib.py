@@ -1,0 +1,314 @@
+"""The shape of a run's config, its defaults, and the check of a whole config before any work.
+
+Config files under `configs/` start from `base_config()` and change what their recipe needs, so
+every field below exists in every config and has one meaning. The check (`validate`) runs
+before any data is read or anything is compiled, and says what is wrong in one line that
+names the field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ml_collections
+
+# The stages a pipeline can run, in the only order that makes sense: the wide network first
+# (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning.
+STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune')
+# Which stage's output each stage starts from (None: a fresh initialization).
+STAGE_INIT_FROM = {'probe': 'imitate', 'finetune': 'imitate'}
+# The stages that need the wide network as a teacher.
+NEEDS_TEACHER = ('thin_kd', 'imitate', 'finetune')
+# Controls get as many steps as stages 2 and 3 together when their `steps` is -1.
+CONTROL_STAGES = ('thin_scratch', 'thin_kd')
+
+IMITATION_GRANULARITIES = ('block', 'stage')
+IMITATION_SCHEDULES = ('progressive', 'one_shot')
+IMITATION_LOSS_ON = ('current', 'cumulative')
+IMITATION_INPUTS = ('own', 'teacher')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  """An optimizer config (fields documented in `gwtn_jax.train.optim`)."""
+  config = ml_collections.ConfigDict(dict(
+      name='sgd',
+      learning_rate=0.1,
+      momentum=0.9,
+      nesterov=False,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      weight_decay_on='all',
+      schedule='cosine',
+      warmup_steps=0,
+      final_lr_fraction=0.0,
+      decay_boundaries=(0.3, 0.6, 0.8),
+      decay_factor=0.1,
+      grad_clip_norm=0.0,
+  ))
+  config.update(overrides)
+  return config
+
+
+def stage_config(**overrides) -> ml_collections.ConfigDict:
+  """Fields every stage has: its length, batch, optimizer, and when it evaluates and saves."""
+  config = ml_collections.ConfigDict(dict(
+      steps=100,           # -1 for the controls: as many as imitate + finetune
+      batch_size=0,        # 0: config.batch_size
+      optimizer=optimizer_config(),
+      eval_every=0,        # 0: config.eval_every
+      checkpoint_every=0,  # 0: config.checkpoint_every
+  ))
+  config.update(overrides)
+  return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a run has, with defaults; config files change what their recipe needs."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # The thin runs (scratch, KD, imitation, probe, fine-tuning) are repeated for each seed and
+  # the report gives mean and spread; the wide network is trained once, with `seed`.
+  config.seeds = (0,)
+
+  config.model = ml_collections.ConfigDict(dict(
+      name='cifar_resnet20',
+      num_classes=0,        # 0: the dataset's
+      dtype='float32',      # compute dtype (bfloat16 on TPU); parameters stay float32
+      stem_strides=1,       # CIFAR-style stem only (2 takes 28x28 to 14x14)
+  ))
+  # The thin network is the one shipped; the wide one is the same depth widened (DESIGN.md).
+  config.thin_width = 1.0
+  config.wide_width = 4.0
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='fashion_mnist_idx',
+      dir='/usr/share/datasets/fashion-mnist',
+      train_split='train',
+      eval_split='test',
+      augment=True,
+      image_size=224,
+      num_train_examples=0,
+      num_eval_examples=0,
+      read_threads=2,
+      prefetch=4,
+      synthetic_image_shape=(8, 8, 1),
+      synthetic_num_classes=4,
+      synthetic_num_train=256,
+      synthetic_num_eval=64,
+  ))
+
+  config.mesh = ml_collections.ConfigDict(dict(
+      shape=dict(data=-1, fsdp=1, tensor=1),
+      num_devices=0,  # 0: all devices
+      # Logical axis name -> mesh axes. Pure data parallelism by default: every parameter
+      # replicated, the batch split over data and fsdp.
+      rules=[['batch', ['data', 'fsdp']], ['conv_in', None], ['conv_out', None],
+             ['features', None], ['classes', None]],
+  ))
+
+  config.stages = STAGES
+  # A trained wide network to use as the teacher when 'wide' is not among the stages: the
+  # stage directory of an earlier run (`WORKDIR/stages/wide`).
+  config.teacher_dir = ''
+
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.log_every = 50
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 2
+
+  config.wide = stage_config()
+  config.thin_scratch = stage_config(steps=-1)
+  config.thin_kd = stage_config(steps=-1, alpha=0.9, temperature=4.0)
+  config.imitate = stage_config(
+      # Steps of each progressive phase (one phase per imitated point); with
+      # schedule='one_shot', `steps` is the length of the single phase.
+      steps_per_point=100,
+      schedule='progressive',
+      granularity='block',      # 'block': stem + every block; 'stage': the last block of each stage
+      loss_on='current',        # progressive: the loss on point l only, or on all points <= l
+      inputs='own',             # the thin block reads its own previous output, or the teacher's
+      freeze_lower=False,       # progressive: freeze the points below the current one
+      normalize=False,          # MSE on LayerNorm-normalized features
+      layer_map=(),             # thin point i -> teacher point layer_map[i]; () = identity
+      point_weights=(),         # per imitated point; () = all 1
+      init_head_from_teacher=True,  # thin head := projection . teacher head (exact merge)
+  )
+  config.probe = stage_config(steps=200)
+  config.finetune = stage_config(alpha=0.5, temperature=4.0)
+  return config
+
+
+def stage_steps(config, stage: str, num_points: int | None = None) -> int:
+  """The number of steps a stage runs, resolving the controls' -1 and the imitation phases."""
+  if stage == 'imitate':
+    if config.imitate.schedule == 'one_shot':
+      return config.imitate.steps
+    assert num_points is not None, 'progressive imitation needs the number of points'
+    return config.imitate.steps_per_point * num_points
+  steps = config[stage].steps
+  if stage in CONTROL_STAGES and steps == -1:
+    return stage_steps(config, 'imitate', num_points) + config.finetune.steps
+  return steps
+
+
+def stage_value(config, stage: str, field: str):
+  """A stage's own value of `field`, or the top-level default where the stage gives 0."""
+  return config[stage][field] or config[field]
+
+
+class ConfigError(ValueError):
+  """A config, a path or an input that is refused; the message is one line."""
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _check_positive_int(value, field: str, allow: Sequence[int] = ()) -> None:
+  _require(isinstance(value, int) and not isinstance(value, bool) and (value > 0 or value in allow),
+           f'{field}={value!r} must be a positive integer' + (f' or one of {tuple(allow)}' if allow else ''))
+
+
+def _check_optimizer(opt, field: str) -> None:
+  from gwtn_jax.train import optim  # pylint: disable=g-import-not-at-top
+  _require(opt.name in optim.OPTIMIZERS, f'{field}.name={opt.name!r} is unknown; choose one of {optim.OPTIMIZERS}')
+  _require(opt.schedule in optim.SCHEDULES,
+           f'{field}.schedule={opt.schedule!r} is unknown; choose one of {optim.SCHEDULES}')
+  _require(opt.learning_rate > 0, f'{field}.learning_rate={opt.learning_rate} must be > 0')
+  _require(opt.weight_decay >= 0, f'{field}.weight_decay={opt.weight_decay} must be >= 0')
+  _require(0 <= opt.momentum < 1, f'{field}.momentum={opt.momentum} must be in [0, 1)')
+  _require(opt.warmup_steps >= 0, f'{field}.warmup_steps={opt.warmup_steps} must be >= 0')
+  _require(opt.weight_decay_on in ('all', 'kernels'),
+           f"{field}.weight_decay_on={opt.weight_decay_on!r} must be 'all' or 'kernels'")
+  _require(all(0 < b < 1 for b in opt.decay_boundaries),
+           f'{field}.decay_boundaries={tuple(opt.decay_boundaries)} must be fractions in (0, 1)')
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir must be creatable and writable (local paths; gs:// is left to the writers)."""
+  if '://' in workdir:
+    return
+  path = os.path.abspath(workdir)
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  _require(os.path.isdir(probe), f'--workdir={workdir}: {probe} is not a directory')
+  _require(os.access(probe, os.W_OK | os.X_OK),
+           f'--workdir={workdir}: {probe} is not writable; choose a workdir you can write to')
+
+
+def validate(config, workdir: str) -> None:
+  """Checks a whole config before any data is read or anything is compiled.
+
+  Raises:
+    ConfigError: one line naming the field (or path) and what to do.
+  """
+  # Imported here so that config files can import this module without pulling in JAX models.
+  from gwtn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
+
+  check_workdir(workdir)
+  stages = tuple(config.stages)
+  _require(len(stages) > 0, 'stages is empty; list some of ' + ', '.join(STAGES))
+  for stage in stages:
+    _require(stage in STAGES, f'stages: {stage!r} is unknown; choose from {STAGES}')
+  _require(len(set(stages)) == len(stages), f'stages={stages} lists a stage twice')
+  order = [STAGES.index(s) for s in stages]
+  _require(order == sorted(order), f'stages={stages} is out of order; the order is {STAGES}')
+  for stage in stages:
+    source = STAGE_INIT_FROM.get(stage)
+    _require(source is None or source in stages,
+             f"stages: '{stage}' starts from the output of '{source}', which is not in stages")
+  if 'wide' not in stages and any(s in NEEDS_TEACHER for s in stages):
+    _require(bool(config.teacher_dir),
+             'teacher_dir is empty but stages has no \'wide\'; give the stage folder of a trained '
+             'wide network (WORKDIR/stages/wide) or add \'wide\' to stages')
+    _require(os.path.isdir(os.path.join(config.teacher_dir, 'checkpoints')),
+             f'teacher_dir={config.teacher_dir}: no checkpoints/ folder of a finished wide stage there')
+
+  seeds = tuple(config.seeds)
+  _require(len(seeds) > 0 and all(isinstance(s, int) for s in seeds),
+           f'seeds={seeds} must be a non-empty list of integers')
+  _require(len(set(seeds)) == len(seeds), f'seeds={seeds} repeats a seed')
+
+  _require(config.model.dtype in DTYPES, f'model.dtype={config.model.dtype!r} must be one of {DTYPES}')
+  for field in ('thin_width', 'wide_width'):
+    _require(config[field] > 0, f'{field}={config[field]} must be > 0')
+
+  try:
+    data_lib.check_data_config(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  try:
+    thin = builders.build_model(config, 'thin', num_classes=10)
+    wide = builders.build_model(config, 'wide', num_classes=10)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for field, model in (('thin_width', thin), ('wide_width', wide)):
+    try:
+      model.point_channels()
+    except ValueError as e:
+      raise ConfigError(str(e).replace('model.width_multiplier', field)) from None
+
+  _check_positive_int(config.batch_size, 'batch_size')
+  _check_positive_int(config.eval_batch_size, 'eval_batch_size')
+  for field in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+    _check_positive_int(config[field], field)
+
+  imitate = config.imitate
+  _require(imitate.granularity in IMITATION_GRANULARITIES,
+           f'imitate.granularity={imitate.granularity!r} must be one of {IMITATION_GRANULARITIES}')
+  _require(imitate.schedule in IMITATION_SCHEDULES,
+           f'imitate.schedule={imitate.schedule!r} must be one of {IMITATION_SCHEDULES}')
+  _require(imitate.loss_on in IMITATION_LOSS_ON,
+           f'imitate.loss_on={imitate.loss_on!r} must be one of {IMITATION_LOSS_ON}')
+  _require(imitate.inputs in IMITATION_INPUTS,
+           f'imitate.inputs={imitate.inputs!r} must be one of {IMITATION_INPUTS}')
+  from gwtn_jax.methods import imitation  # pylint: disable=g-import-not-at-top
+  try:
+    points = imitation.imitated_points(thin, wide, imitate)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _check_positive_int(imitate.steps_per_point, 'imitate.steps_per_point')
+  num_points = len(points)
+
+  for stage in stages:
+    stage_cfg = config[stage]
+    if stage == 'imitate' and imitate.schedule == 'progressive':
+      pass
+    else:
+      _check_positive_int(stage_cfg.steps, f'{stage}.steps', allow=(-1,) if stage in CONTROL_STAGES else ())
+    _require(stage_cfg.batch_size >= 0, f'{stage}.batch_size={stage_cfg.batch_size} must be >= 0')
+    _check_optimizer(stage_cfg.optimizer, f'{stage}.optimizer')
+    if 'alpha' in stage_cfg:
+      _require(0 <= stage_cfg.alpha <= 1, f'{stage}.alpha={stage_cfg.alpha} must be in [0, 1]')
+      _require(stage_cfg.temperature > 0, f'{stage}.temperature={stage_cfg.temperature} must be > 0')
+    if stage in CONTROL_STAGES and stage_cfg.steps == -1:
+      _require('finetune' in config and config.finetune.steps > 0,
+               f'{stage}.steps=-1 needs finetune.steps > 0 to count the equal budget')
+    stage_steps(config, stage, num_points)
+
+  try:
+    from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    num_devices = config.mesh.num_devices or jax.device_count()
+    _require(num_devices <= jax.device_count(),
+             f'mesh.num_devices={num_devices} but only {jax.device_count()} devices exist')
+    sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  dp = sizes['data'] * sizes['fsdp']
+  for stage in stages:
+    batch = stage_value(config, stage, 'batch_size')
+    _require(batch % dp == 0,
+             f'{stage}.batch_size={batch} is not divisible by the {dp} data-parallel devices '
+             f'(mesh data x fsdp)')
+  _require(config.eval_batch_size % dp == 0,
+           f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')

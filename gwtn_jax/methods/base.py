@@ -1,0 +1,143 @@
+"""What a method is, for the generic loop: what it trains, its loss, what it freezes.
+
+A method never builds a mesh, never loops and never saves: `gwtn_jax.train.loop` does that for
+every method alike. A method holds Flax modules and config values, and gives the loop pure
+functions of arrays that the loop jits with shardings:
+
+- `init(rng, batch, init)` -> the variables it trains, `{'params': ..., 'batch_stats': ...}`
+  (trees of the method's own shape; `params` may carry logical-axis boxes);
+- `phases()` -> the stage's phases; each is compiled once (progressive imitation has one per
+  imitated point, every other method has one);
+- `loss(phase, params, state, teacher, batch, rng)` -> `(loss, (new_state, metrics))`;
+- `trainable(phase, params)` -> a tree of Python bools (None: everything trains);
+- `eval_metrics(phase, variables, teacher, batch)` -> sums over the batch, `count` included;
+- `export(variables, teacher)` -> the variables of the plain network this method produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+Variables = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One compiled segment of a stage: `steps` steps of the same loss.
+
+  Attributes:
+    name: shown in logs and metrics, e.g. 'stage2_block1'.
+    steps: how many steps the phase runs.
+    key: a hashable value the method reads to specialize its loss (e.g. the point index).
+  """
+  name: str
+  steps: int
+  key: Hashable = None
+
+
+class Method:
+  """The base of every recipe; see the module docstring for the contract."""
+
+  # The metric the report and the plot follow for this method's eval curve.
+  curve_metric = 'accuracy'
+
+  def phases(self) -> Sequence[Phase]:
+    raise NotImplementedError
+
+  def init(self, rng: jax.Array, batch: Mapping[str, jax.Array], init: Variables | None) -> Variables:
+    raise NotImplementedError
+
+  def loss(self, phase: Phase, params: Any, state: Any, teacher: Variables | None,
+           batch: Mapping[str, jax.Array], rng: jax.Array):
+    raise NotImplementedError
+
+  def trainable(self, phase: Phase, params: Any) -> Any | None:
+    del phase, params
+    return None
+
+  def eval_metrics(self, phase: Phase, variables: Variables, teacher: Variables | None,
+                   batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    raise NotImplementedError
+
+  def export(self, variables: Variables, teacher: Variables | None = None) -> Variables:
+    del teacher
+    return variables
+
+
+# --- Pieces the methods share ------------------------------------------------------------------
+
+
+def apply_classifier(model: nn.Module, variables: Variables, images: jax.Array, train: bool,
+                     rng: jax.Array | None = None, **kwargs):
+  """Runs a classifier; in training mode also returns its updated BatchNorm statistics."""
+  if train:
+    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
+                                  rngs={'dropout': rng} if rng is not None else None, **kwargs)
+    return logits, updates.get('batch_stats', variables.get('batch_stats'))
+  return model.apply(variables, images, train=False, **kwargs), variables.get('batch_stats')
+
+
+def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+  if mask is None:
+    return jnp.mean(values)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy with integer labels, in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+  """Per-example T^2 * KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al.)."""
+  t = temperature
+  teacher_logp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t)
+  student_logp = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
+  kl = jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1)
+  return (t * t) * kl
+
+
+def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """Sums for eval: the loop adds them over batches and divides by `count`."""
+  loss = cross_entropy(logits, labels)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return {'loss': jnp.sum(loss * mask), 'accuracy': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
+
+
+def tree_where(mask: Any, tree: Any, other: Any) -> Any:
+  """Takes leaves of `tree` where the (Python bool) mask is True and of `other` elsewhere."""
+  return jax.tree.map(lambda m, a, b: a if m else b, mask, tree, other)
+
+
+def overlay(fresh: Variables, given: Variables | None) -> Variables:
+  """Puts the values of `given` (plain arrays) into `fresh` (possibly logically boxed).
+
+  A method initializes its variables fresh, so that they carry the model's logical-axis
+  annotations, and then takes the values an earlier stage produced; under `jax.jit` the fresh
+  values that are overwritten are never computed.
+  """
+  if given is None:
+    return fresh
+
+  def put(path, box, value):
+    if isinstance(box, nn.meta.AxisMetadata):
+      box_shape = box.unbox().shape
+      if box_shape != value.shape:
+        raise ValueError(f'{jax.tree_util.keystr(path)}: shape {value.shape} does not fit {box_shape}')
+      return box.replace_boxed(value)
+    if box.shape != value.shape:
+      raise ValueError(f'{jax.tree_util.keystr(path)}: shape {value.shape} does not fit {box.shape}')
+    return value
+
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  out = dict(fresh)
+  for collection, values in given.items():
+    out[collection] = jax.tree_util.tree_map_with_path(put, fresh[collection], values, is_leaf=is_box)
+  return out

@@ -1,0 +1,274 @@
+"""Layerwise imitation, GWTN's stage 2: the thin network learns the wide one's intermediates.
+
+Imitated points are the thin network's stem and block outputs (`granularity='block'`) or the
+last block of each stage (`'stage'`, the paper's ImageNet recipe). Thin point i is compared with
+teacher point `layer_map[i]` (identity by default) by the mean squared error, on
+LayerNorm-normalized features if asked; where the widths differ, a learned 1x1 projection
+takes the thin output up to the teacher's width for the loss only, and is dropped afterwards.
+
+Schedules:
+- progressive (the paper's): one phase per point, bottom to top. Phase l puts the loss on
+  point l (`loss_on='current'`) or on every point <= l (`'cumulative'`), and runs both networks
+  only up to the points it needs, so early phases are cheap. Lower layers train along
+  (`freeze_lower=False`) or stay fixed.
+- one_shot: every point at once, for comparison.
+
+Inputs: the thin network reads its own previous output (`inputs='own'`), or each thin block
+reads the teacher's previous point (`'teacher'`, as in LIT), through a learned 1x1
+down-projection where the widths differ.
+
+Only what a phase uses trains in it: thin modules beyond the current point and the
+projections of other points get no update (not even weight decay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gwtn_jax.methods import base
+
+
+def imitated_points(thin: nn.Module, wide: nn.Module, config) -> list[tuple[str, str]]:
+  """The (thin point, teacher point) pairs imitated, bottom to top.
+
+  Args:
+    thin: the thin network.
+    wide: the teacher.
+    config: the `imitate` config (granularity, layer_map, point_weights).
+
+  Raises:
+    ValueError: one line naming `imitate.layer_map` or `imitate.point_weights`.
+  """
+  def candidates(model):
+    if config.granularity == 'stage':
+      return list(model.stage_point_names())
+    return [name for name in model.point_names() if name != 'pre_logits']
+
+  thin_points, wide_points = candidates(thin), candidates(wide)
+  layer_map = list(config.layer_map)
+  if not layer_map:
+    if len(thin_points) != len(wide_points):
+      raise ValueError(
+          f'imitate.layer_map is empty (identity) but the thin network has {len(thin_points)} '
+          f'points and the teacher {len(wide_points)}; give a layer_map of {len(thin_points)} '
+          'teacher point indices')
+    layer_map = list(range(len(thin_points)))
+  if len(layer_map) != len(thin_points):
+    raise ValueError(f'imitate.layer_map has {len(layer_map)} entries; the thin network has '
+                     f'{len(thin_points)} imitated points ({config.granularity} granularity)')
+  for i, m in enumerate(layer_map):
+    if not isinstance(m, int) or not 0 <= m < len(wide_points):
+      raise ValueError(f'imitate.layer_map[{i}]={m!r} points outside the teacher, whose '
+                       f'{config.granularity} points are 0..{len(wide_points) - 1}')
+  if any(b < a for a, b in zip(layer_map, layer_map[1:])):
+    raise ValueError(f'imitate.layer_map={tuple(layer_map)} must not decrease: imitation runs bottom to top')
+  if config.point_weights and len(config.point_weights) != len(thin_points):
+    raise ValueError(f'imitate.point_weights has {len(config.point_weights)} entries; '
+                     f'{len(thin_points)} points are imitated')
+  if any(w < 0 for w in config.point_weights):
+    raise ValueError(f'imitate.point_weights={tuple(config.point_weights)} must be >= 0')
+  return [(thin_points[i], wide_points[m]) for i, m in enumerate(layer_map)]
+
+
+def _projection(rng: jax.Array, in_width: int, out_width: int) -> nn.LogicallyPartitioned:
+  """A 1x1 projection kernel, LeCun-normal, annotated for sharding like a conv kernel."""
+  kernel = nn.initializers.lecun_normal()(rng, (in_width, out_width), jnp.float32)
+  return nn.LogicallyPartitioned(kernel, ('conv_in', 'conv_out'))
+
+
+def _project(kernel: jax.Array, x: jax.Array) -> jax.Array:
+  return jnp.einsum('...c,cd->...d', x, kernel.astype(x.dtype))
+
+
+def _layer_norm(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.var(x, axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + 1e-6)
+
+
+def _point_modules(point: str) -> tuple[str, ...]:
+  """The thin network's top-level modules that produce a point (stable ResNet names)."""
+  if point == 'stem':
+    return ('stem_conv', 'stem_bn')
+  if point == 'pre_logits':
+    return ()
+  return (point,)
+
+
+class Imitation(base.Method):
+  """GWTN stage 2 (see the module docstring).
+
+  Args:
+    thin: the thin network (the student).
+    wide: the teacher; its variables arrive with every step.
+    config: the `imitate` config.
+  """
+
+  curve_metric = 'imitation_loss'
+
+  def __init__(self, thin: nn.Module, wide: nn.Module, config):
+    self.thin, self.wide, self.config = thin, wide, config
+    self.points = imitated_points(thin, wide, config)
+    self.weights = tuple(float(w) for w in config.point_weights) or (1.0,) * len(self.points)
+    thin_ch, wide_ch = thin.point_channels(), wide.point_channels()
+    # Up-projections (thin -> teacher width) for the loss only.
+    self.up = {tp: (thin_ch[tp], wide_ch[wp]) for tp, wp in self.points if thin_ch[tp] != wide_ch[wp]}
+    # Down-projections (teacher -> thin width) that feed a thin block the teacher's output.
+    self.down = {}
+    if config.inputs == 'teacher':
+      for tp, wp in self.points[:-1]:
+        if thin_ch[tp] != wide_ch[wp]:
+          self.down[tp] = (wide_ch[wp], thin_ch[tp])
+    # The thin modules that produce each imitated point: with stage granularity, every block
+    # of the stage.
+    order = list(thin.point_names())
+    self._segments = []
+    start = 0
+    for tp, _ in self.points:
+      end = order.index(tp) + 1
+      self._segments.append(tuple(m for p in order[start:end] for m in _point_modules(p)))
+      start = end
+
+  # --- Phases --------------------------------------------------------------------------------
+
+  def phases(self):
+    if self.config.schedule == 'one_shot':
+      return [base.Phase('all_points', self.config.steps, key=None)]
+    return [base.Phase(tp, self.config.steps_per_point, key=l) for l, (tp, _) in enumerate(self.points)]
+
+  def _active(self, phase: base.Phase) -> list[int]:
+    if phase.key is None:
+      return list(range(len(self.points)))
+    if self.config.loss_on == 'cumulative':
+      return list(range(phase.key + 1))
+    return [phase.key]
+
+  def _trainable_segments(self, phase: base.Phase) -> set[int]:
+    active = self._active(phase)
+    if self.config.inputs == 'own':
+      used = set(range(max(active) + 1))
+    else:
+      used = set(active)
+    if self.config.freeze_lower and phase.key is not None:
+      used = {i for i in used if i >= phase.key}
+    return used
+
+  # --- Variables -----------------------------------------------------------------------------
+
+  def init(self, rng, batch, init=None):
+    # The thin network starts from the same key as the other thin stages of this seed.
+    student = base.overlay(self.thin.init(rng, batch['image'], train=False), init)
+    keys = iter(jax.random.split(jax.random.fold_in(rng, 1), len(self.up) + len(self.down) + 1))
+    params = {
+        'student': student['params'],
+        'up': {tp: _projection(next(keys), *widths) for tp, widths in self.up.items()},
+        'down': {tp: _projection(next(keys), *widths) for tp, widths in self.down.items()},
+    }
+    return {'params': params, 'batch_stats': student['batch_stats']}
+
+  def trainable(self, phase, params):
+    segments = self._trainable_segments(phase)
+    modules = {m for i in segments for m in self._segments[i]}
+    active_points = {self.points[i][0] for i in self._active(phase)}
+    fed_points = {self.points[i - 1][0] for i in self._active(phase) if i > 0}
+    mark = lambda tree, on: jax.tree.map(lambda _: on, tree)
+    return {
+        'student': {name: mark(sub, name in modules) for name, sub in params['student'].items()},
+        'up': {tp: mark(k, tp in active_points) for tp, k in params['up'].items()},
+        'down': {tp: mark(k, tp in fed_points) for tp, k in params['down'].items()},
+    }
+
+  def export(self, variables, teacher=None):
+    params = dict(variables['params']['student'])
+    last_thin, last_wide = self.points[-1]
+    thin_last_block = [p for p in self.thin.point_names() if p != 'pre_logits'][-1]
+    wide_last_block = [p for p in self.wide.point_names() if p != 'pre_logits'][-1]
+    if (self.config.init_head_from_teacher and teacher is not None
+        and last_thin == thin_last_block and last_wide == wide_last_block):
+      # Average pooling commutes with the 1x1 projection, so the teacher's head composed with
+      # the last projection is exactly the head that reads the projected thin features.
+      kernel = teacher['params']['head']['kernel']
+      if last_thin in self.up:
+        kernel = variables['params']['up'][last_thin] @ kernel
+      params['head'] = {'kernel': kernel, 'bias': teacher['params']['head']['bias']}
+    return {'params': params, 'batch_stats': variables['batch_stats']}
+
+  # --- Loss ----------------------------------------------------------------------------------
+
+  def _point_losses(self, phase, params, batch_stats, teacher, images, train):
+    """Per-example losses of the active points, and the thin network's new BatchNorm stats."""
+    active = self._active(phase)
+    order = list(self.wide.point_names())
+    needed = [self.points[i][1] for i in active]
+    if self.config.inputs == 'teacher':
+      needed += [self.points[i - 1][1] for i in active if i > 0]
+    wide_stop = max(needed, key=order.index)
+    _, wide_out = self.wide.apply(teacher, images, train=False, stop_at=wide_stop,
+                                  mutable=['intermediates'])
+    targets = {name: jax.lax.stop_gradient(v[0]) for name, v in wide_out['intermediates'].items()}
+
+    mutable = ['intermediates', 'batch_stats'] if train else ['intermediates']
+    outputs = {}
+    if self.config.inputs == 'own':
+      top = self.points[max(active)][0]
+      _, out = self.thin.apply({'params': params['student'], 'batch_stats': batch_stats}, images,
+                               train=train, stop_at=top, mutable=mutable)
+      outputs = {self.points[i][0]: out['intermediates'][self.points[i][0]][0] for i in active}
+      batch_stats = out.get('batch_stats', batch_stats)
+    else:
+      for i in active:
+        thin_point = self.points[i][0]
+        if i == 0:
+          x, start = images, None
+        else:
+          start, prev_wide = self.points[i - 1]
+          x = targets[prev_wide]
+          if start in self.down:
+            x = _project(params['down'][start], x)
+        y, out = self.thin.apply({'params': params['student'], 'batch_stats': batch_stats}, x,
+                                 train=train, start_after=start, stop_at=thin_point, mutable=mutable)
+        outputs[thin_point] = y
+        batch_stats = out.get('batch_stats', batch_stats)
+
+    losses = {}
+    for i in active:
+      thin_point, wide_point = self.points[i]
+      s, t = outputs[thin_point], targets[wide_point]
+      if thin_point in self.up:
+        s = _project(params['up'][thin_point], s)
+      if s.shape != t.shape:
+        raise ValueError(f'imitate: thin point {thin_point} {s.shape} does not match teacher point '
+                         f'{wide_point} {t.shape}; check imitate.layer_map')
+      if self.config.normalize:
+        s, t = _layer_norm(s), _layer_norm(t)
+      err = jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32))
+      losses[thin_point] = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+    weights = jnp.asarray([self.weights[i] for i in active])
+    total = sum(w * losses[self.points[i][0]] for w, i in zip(weights, active)) / jnp.maximum(
+        jnp.sum(weights), 1e-12)
+    return total, losses, batch_stats
+
+  def loss(self, phase, params, state, teacher, batch, rng):
+    del rng
+    old_stats = state['batch_stats']
+    total, losses, new_stats = self._point_losses(phase, params, old_stats, teacher,
+                                                  batch['image'], train=True)
+    # Frozen modules keep their statistics too.
+    segments = self._trainable_segments(phase)
+    modules = {m for i in segments for m in self._segments[i]}
+    new_stats = {name: (new_stats[name] if name in modules else old) for name, old in old_stats.items()}
+    metrics = {f'mse/{name}': jnp.mean(v) for name, v in losses.items()}
+    return jnp.mean(total), ({'batch_stats': new_stats}, metrics)
+
+  def eval_metrics(self, phase, variables, teacher, batch):
+    total, losses, _ = self._point_losses(phase, variables['params'], variables['batch_stats'],
+                                          teacher, batch['image'], train=False)
+    mask = batch['mask']
+    sums = {f'mse/{name}': jnp.sum(v * mask) for name, v in losses.items()}
+    sums.update(imitation_loss=jnp.sum(total * mask), count=jnp.sum(mask))
+    return sums

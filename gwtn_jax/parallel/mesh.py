@@ -1,0 +1,116 @@
+"""The device mesh, the logical-axis rules and the shardings every step is jitted with.
+
+One device is the mesh of size 1: there is no separate single-device path. The mesh axes are
+`data`, `fsdp` and `tensor`; a batch is split over `data` and `fsdp`; parameters are placed by
+logical axis names (set by the models with `nn.with_logical_partitioning`) mapped to mesh axes
+by rules that live in the config, so a change of sharding never touches model code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+# The batch dimension of every input and activation is split over these axes.
+BATCH_AXES = ('data', 'fsdp')
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Fills in the one axis given as -1 so that the mesh covers `num_devices` devices.
+
+  Args:
+    shape: axis name -> size, for the axes of MESH_AXES; at most one size may be -1.
+    num_devices: how many devices the mesh must cover.
+
+  Returns:
+    axis name -> size for every axis of MESH_AXES, with a product of `num_devices`.
+
+  Raises:
+    ValueError: a one-line message naming `mesh.shape` when the sizes do not fit.
+  """
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f'mesh.shape has unknown axes {sorted(unknown)}; the axes are {MESH_AXES}')
+  sizes = {axis: int(shape.get(axis, 1)) for axis in MESH_AXES}
+  free = [axis for axis, size in sizes.items() if size == -1]
+  if len(free) > 1:
+    raise ValueError(f'mesh.shape={dict(sizes)}: only one axis may be -1')
+  if any(size == 0 or size < -1 for size in sizes.values()):
+    raise ValueError(f'mesh.shape={dict(sizes)}: sizes must be positive or -1')
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f'mesh.shape={dict(sizes)}: {num_devices} devices are not divisible by {fixed}')
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ValueError(
+        f'mesh.shape={dict(sizes)} needs {math.prod(sizes.values())} devices but {num_devices} are in use')
+  return sizes
+
+
+def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the mesh described by `config.mesh` over `devices` (all devices by default).
+
+  `mesh_config.num_devices` (0 = all) lets a run use the first N devices, which is how a test
+  compares a one-device mesh to an eight-device one in the same process.
+  """
+  if devices is None:
+    devices = jax.devices()
+    if mesh_config.get('num_devices', 0):
+      devices = devices[:mesh_config.num_devices]
+  sizes = resolve_mesh_shape(dict(mesh_config.shape), len(devices))
+  shape = tuple(sizes[axis] for axis in MESH_AXES)
+  if len(devices) == len(jax.devices()):
+    # Lets JAX order the devices for the physical topology (ICI rings on TPU).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def rules_from_config(rules: Sequence[Sequence[Any]]) -> tuple[tuple[str, Any], ...]:
+  """Turns the config's rules (lists, since ml_collections stores lists) into flax's tuples."""
+  out = []
+  for rule in rules:
+    name, axes = rule
+    if isinstance(axes, list):
+      axes = tuple(axes)
+    out.append((name, axes))
+  return tuple(out)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Splits the leading (batch) dimension over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def logical_shardings(boxed_abstract_tree: Any, mesh: Mesh, rules) -> Any:
+  """Maps a tree of (possibly) logically-annotated abstract values to NamedShardings.
+
+  Leaves without annotations (BatchNorm statistics, optimizer counters) are replicated.
+  """
+  specs = nn.get_partition_spec(boxed_abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
+def put_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles the global batch from this process's slice of it, sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {
+      key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+      for key, value in local_batch.items()
+  }

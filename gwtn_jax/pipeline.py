@@ -1,0 +1,122 @@
+"""Runs the configured stages in order, resume-first, and writes the run's report.
+
+Workdir layout:
+  config.json                 the config the run was started with
+  stages/wide/                the wide network (trained once, with `config.seed`)
+  stages/seed<S>/<stage>/     the thin stages of each seed
+  tensorboard/<stage name>/   event files
+  report.json, report.md, curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from gwtn_jax import builders
+from gwtn_jax import config_lib
+from gwtn_jax import report as report_lib
+from gwtn_jax.data import build_image_data
+from gwtn_jax.parallel import mesh as mesh_lib
+from gwtn_jax.train import loop
+
+# Report key of the network each thin stage produces, and the stages its budget adds up.
+REPORT_KEYS = {
+    'wide': ('wide', ('wide',)),
+    'thin_scratch': ('thin_scratch', ('thin_scratch',)),
+    'thin_kd': ('thin_kd', ('thin_kd',)),
+    'probe': ('thin_imitated', ('imitate',)),
+    'finetune': ('thin_gwtn', ('imitate', 'finetune')),
+}
+
+
+def _stage_seed(seed: int, stage: str) -> int:
+  """A data seed per (seed, stage), stable across runs and Python versions."""
+  return int(np.random.SeedSequence([seed, *stage.encode()]).generate_state(1)[0] % (2**31))
+
+
+def _spec(config, stage: str, name: str, method, model, init_seed: int, data_seed: int
+          ) -> loop.StageSpec:
+  return loop.StageSpec(
+      name=name, method=method, model=model, optimizer=config[stage].optimizer,
+      batch_size=config_lib.stage_value(config, stage, 'batch_size'),
+      eval_batch_size=config.eval_batch_size, init_seed=init_seed, data_seed=data_seed,
+      log_every=config.log_every,
+      eval_every=config_lib.stage_value(config, stage, 'eval_every'),
+      checkpoint_every=config_lib.stage_value(config, stage, 'checkpoint_every'),
+      keep_checkpoints=config.keep_checkpoints)
+
+
+def _write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Runs the pipeline of `config` in `workdir` and returns the report.
+
+  Raises:
+    config_lib.ConfigError: a refused config, before anything is read or compiled.
+  """
+  config_lib.validate(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir)
+
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.rules_from_config(config.mesh.rules)
+  data = build_image_data(config.data, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  num_classes = config.model.num_classes or data.info.num_classes
+  thin = builders.build_model(config, 'thin', num_classes)
+  wide = builders.build_model(config, 'wide', num_classes)
+  sample = loop._sample_batch(data)  # pylint: disable=protected-access
+  stages = tuple(config.stages)
+
+  def stage_kwargs(name: str) -> dict[str, Any]:
+    return dict(data=data, mesh=mesh, rules=rules,
+                stage_dir=os.path.join(workdir, 'stages', name),
+                writer_dir=os.path.join(workdir, 'tensorboard', name))
+
+  results: dict[str, list[loop.StageResult]] = {}
+  teacher = None
+  if 'wide' in stages:
+    method, model = builders.build_method(config, 'wide', thin, wide)
+    seed = config.seed
+    wide_result = loop.run_stage(
+        _spec(config, 'wide', 'wide', method, model, seed, _stage_seed(seed, 'wide')),
+        **stage_kwargs('wide'))
+    results['wide'] = [wide_result]
+    teacher = wide_result.variables
+  elif any(s in config_lib.NEEDS_TEACHER for s in stages):
+    teacher = loop.load_stage_output(config.teacher_dir, wide, sample, mesh, rules)
+    done = loop.read_result(config.teacher_dir)
+    if done is not None:
+      results['wide'] = [loop.StageResult('wide', teacher, done['metrics'], done['history'],
+                                          done['steps'], done['wall_s'], done['curve_metric'])]
+
+  for seed in config.seeds:
+    produced: dict[str, loop.StageResult] = {}
+    for stage in stages:
+      if stage == 'wide':
+        continue
+      method, model = builders.build_method(config, stage, thin, wide)
+      source = config_lib.STAGE_INIT_FROM.get(stage)
+      name = f'seed{seed}/{stage}'
+      result = loop.run_stage(
+          _spec(config, stage, name, method, model, seed, _stage_seed(seed, stage)),
+          teacher=teacher if stage in config_lib.NEEDS_TEACHER else None,
+          init=produced[source].variables if source else None,
+          **stage_kwargs(name))
+      produced[stage] = result
+      results.setdefault(stage, []).append(result)
+
+  networks = {'wide': wide, 'thin': thin}
+  report = report_lib.build_report(results, REPORT_KEYS, networks, sample)
+  if jax.process_index() == 0:
+    report_lib.write_report(workdir, report, results, config)
+  return report
