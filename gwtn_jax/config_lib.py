@@ -192,16 +192,21 @@ def _check_optimizer(opt, field: str) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  """The workdir must be creatable and writable (local paths; gs:// is left to the writers)."""
+  """The workdir must be creatable and writable: tried for real, with a probe file.
+
+  gs:// and other remote paths are left to the writers (each has its own credentials).
+  """
   if '://' in workdir:
     return
-  path = os.path.abspath(workdir)
-  probe = path
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
-  _require(os.path.isdir(probe), f'--workdir={workdir}: {probe} is not a directory')
-  _require(os.access(probe, os.W_OK | os.X_OK),
-           f'--workdir={workdir}: {probe} is not writable; choose a workdir you can write to')
+  probe = os.path.join(workdir, '.gwtn_write_probe')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} is not a writable folder ({e.strerror}); '
+                      'choose a folder you can write to') from None
 
 
 def validate(config, workdir: str) -> None:

@@ -366,7 +366,7 @@ def test_run_on_all_workers(dry_env):
           "--workdir=gs://my-bucket/gwtn/r1 --config.seeds='(0,1,2)' --config.name='it is'"
           in remote)
   assert 'JAX_COMPILATION_CACHE_DIR=' in remote and 'TF_CPP_MIN_LOG_LEVEL=1' in remote
-  assert "XLA_FLAGS='--xla_dump_to=/tmp/dump a'" in remote
+  assert "XLA_FLAGS=--xla_dump_to='/tmp/dump a'" in remote
   assert '/gwtn_logs/r1.worker$W.log' in remote
   assert 'tee -a' in remote and 'nohup' not in remote
 
@@ -396,7 +396,7 @@ def test_run_real_looks_up_the_accelerator_type(recorder):
   assert [c[2:4] for c in recorder.calls()] == [['tpu-vm', 'describe']]
   proc = run('run.sh', *args, env=dict(recorder.env, FAKE_ACCELERATOR_TYPE='v4-8'))
   assert proc.returncode == 0, proc.stderr
-  assert [c[2:4] for c in recorder.calls()][1:] == [['tpu-vm', 'ssh']]
+  assert [c[2:4] for c in recorder.calls()][1:] == [['tpu-vm', 'describe'], ['tpu-vm', 'ssh']]
 
 
 def _fake_worker(tmp_path, worker, main_status=0):

@@ -127,6 +127,7 @@ def overlay(fresh: Variables, given: Variables | None) -> Variables:
     return fresh
 
   def put(path, box, value):
+    value = nn.meta.unbox(value)
     if isinstance(box, nn.meta.AxisMetadata):
       box_shape = box.unbox().shape
       if box_shape != value.shape:

@@ -91,15 +91,6 @@ def _layer_norm(x: jax.Array) -> jax.Array:
   return (x - mean) * jax.lax.rsqrt(var + 1e-6)
 
 
-def _point_modules(point: str) -> tuple[str, ...]:
-  """The thin network's top-level modules that produce a point (stable ResNet names)."""
-  if point == 'stem':
-    return ('stem_conv', 'stem_bn')
-  if point == 'pre_logits':
-    return ()
-  return (point,)
-
-
 class Imitation(base.Method):
   """GWTN stage 2 (see the module docstring).
 
@@ -131,7 +122,7 @@ class Imitation(base.Method):
     start = 0
     for tp, _ in self.points:
       end = order.index(tp) + 1
-      self._segments.append(tuple(m for p in order[start:end] for m in _point_modules(p)))
+      self._segments.append(tuple(m for p in order[start:end] for m in thin.point_modules(p)))
       start = end
 
   # --- Phases --------------------------------------------------------------------------------

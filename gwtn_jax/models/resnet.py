@@ -22,13 +22,13 @@ projection; in basic-block nets it scales every channel, stem included.
 Parameter layout (names are part of the interface)::
 
     params/stem_conv, params/stem_bn
-    params/stage{i}/block{j}/{conv1,bn1,conv2,bn2[,conv3,bn3][,proj_conv,proj_bn]}
+    params/stage{i}_block{j}_layers/{conv1,bn1,conv2,bn2[,conv3,bn3][,proj_conv,proj_bn]}
     params/head
 
-Point ``stage{i}_block{j}`` is computed by the parameters under ``stage{i}/block{j}`` (see
-:meth:`ResNet.point_param_path`). Blocks live under a per-stage submodule rather than at a flat
-``stage{i}_block{j}`` because Flax forbids a child module and a sown variable of the same name
-in one scope, and the sown names must be the point names.
+Point ``stage{i}_block{j}`` is computed by the module ``stage{i}_block{j}_layers`` (see
+:meth:`ResNet.point_modules`). A block module cannot simply be named after its point: Flax
+forbids a child module and a sown variable of the same name in one scope, and the sown names
+must be the point names.
 
 This module knows nothing of training.
 """
@@ -178,46 +178,6 @@ class BottleneckBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class ResNetStage(nn.Module):
-  """The blocks of one stage; runs blocks ``first .. last - 1`` of it (0-based).
-
-  A separate module only so that the block parameters sit under ``stage{i}/block{j}`` (see
-  the module docstring); it returns every block output so the top level can sow them.
-
-  Attributes:
-    block_cls: BasicBlock or BottleneckBlock.
-    features: inner width of the blocks.
-    out_features: output width of the blocks.
-    strides: stride of the first block.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    bn_momentum: BatchNorm running-average momentum.
-    bn_epsilon: BatchNorm epsilon.
-  """
-
-  block_cls: type
-  features: int
-  out_features: int
-  strides: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-
-  @nn.compact
-  def __call__(self, x, train: bool, first: int, last: int) -> list:
-    """Returns the outputs of blocks ``first`` to ``last - 1``, in order."""
-    outs = []
-    for j in range(first, last):
-      x = self.block_cls(
-          features=self.features, out_features=self.out_features,
-          strides=self.strides if j == 0 else 1, dtype=self.dtype,
-          param_dtype=self.param_dtype, bn_momentum=self.bn_momentum,
-          bn_epsilon=self.bn_epsilon, name=f'block{j + 1}')(x, train=train)
-      outs.append(x)
-    return outs
-
-
 @dataclasses.dataclass(frozen=True)
 class ChannelPlan:
   """Channel counts of a ResNet, known before any init.
@@ -241,6 +201,11 @@ def _channels(value: float, width_multiplier: float, where: str) -> int:
         f'model.width_multiplier={width_multiplier:g} gives {value:g} channels in {where} '
         '(must be a positive integer)')
   return int(rounded)
+
+
+def block_module_name(point: str) -> str:
+  """The submodule (params key) of the block that computes point ``point``."""
+  return f'{point}_layers'
 
 
 class ResNet(nn.Module):
@@ -349,26 +314,25 @@ class ResNet(nn.Module):
     channels['pre_logits'] = plan.out[-1]
     return channels
 
-  def point_param_path(self, name: str) -> tuple[tuple[str, ...], ...]:
-    """Paths in ``params`` of the submodules that compute a point (from its input).
+  def point_modules(self, name: str) -> tuple[str, ...]:
+    """Names of the top-level submodules (keys of ``params``) that compute a point.
 
     Args:
       name: a point name.
 
     Returns:
-      E.g. (('stem_conv',), ('stem_bn',)) for 'stem', (('stage2', 'block1'),) for
-      'stage2_block1', () for 'pre_logits' (pooling has no parameters).
+      ('stem_conv', 'stem_bn') for 'stem', ('stage2_block1_layers',) for 'stage2_block1',
+      () for 'pre_logits' (pooling has no parameters).
 
     Raises:
       ValueError: unknown point.
     """
     self._point_index(name, 'point')
     if name == 'stem':
-      return (('stem_conv',), ('stem_bn',))
+      return ('stem_conv', 'stem_bn')
     if name == 'pre_logits':
       return ()
-    stage, block = name.split('_')
-    return ((stage, block),)
+    return (block_module_name(name),)
 
   def _point_index(self, name: str, arg: str) -> int:
     names = self.point_names()
@@ -384,7 +348,10 @@ class ResNet(nn.Module):
                stop_at: Optional[str] = None):
     """Runs the network, or the part of it between two points.
 
-    Every computed point is sown into ``intermediates`` under its name.
+    Every computed point is sown into ``intermediates`` under its name, as a 1-tuple.
+    Iterate ``point_names()`` rather than that dict: under jit its keys come back sorted.
+    ``train``, ``start_after`` and ``stop_at`` pick the graph, so they must be static
+    (bind them with functools.partial before jit or eval_shape).
 
     Args:
       x: [B, H, W, C] image, or, with ``start_after``, the output of that point.
@@ -426,23 +393,20 @@ class ResNet(nn.Module):
       if stop == 0:
         return x
 
-    point = 1  # index in `names` of the current stage's first block
+    point = 1  # index in `names` of the current block
     for i, n in enumerate(self.stage_sizes):
-      # The slice of this stage's blocks that lies in (start_after, stop_at].
-      lo = max(first - point, 0)
-      hi = n if stop is None else min(stop - point + 1, n)
-      if lo < hi:
-        outs = ResNetStage(
-            block_cls=self.block_cls, features=plan.inner[i], out_features=plan.out[i],
-            strides=1 if i == 0 else 2, dtype=self.dtype, param_dtype=self.param_dtype,
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            name=f'stage{i + 1}')(x, train, lo, hi)
-        for j, y in zip(range(lo, hi), outs):
-          self.sow('intermediates', names[point + j], y)
-        x = outs[-1]
-        if stop is not None and stop < point + n:
-          return x
-      point += n
+      for j in range(n):
+        if first <= point:
+          x = self.block_cls(
+              features=plan.inner[i], out_features=plan.out[i],
+              strides=2 if i > 0 and j == 0 else 1, dtype=self.dtype,
+              param_dtype=self.param_dtype, bn_momentum=self.bn_momentum,
+              bn_epsilon=self.bn_epsilon,
+              name=block_module_name(names[point]))(x, train=train)
+          self.sow('intermediates', names[point], x)
+          if stop == point:
+            return x
+        point += 1
 
     if first <= point:  # point == index of 'pre_logits'
       # Pool in float32: a mean over many bf16 values loses precision.

@@ -101,7 +101,7 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
   if mask is not None:
     updates = base.tree_where(mask, updates, jax.tree.map(jnp.zeros_like, updates))
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
   return new_state, metrics
