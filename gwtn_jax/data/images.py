@@ -207,6 +207,17 @@ def _not_prepared(opts: _Options, version_dir: str | None) -> ValueError:
 
 def _tfds_builder(opts: _Options):
   """The tfds builder of a prepared dataset, or a ValueError saying how to prepare it."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  verbosity = logging.get_verbosity()
+  # tfds warns about every folder it probes; the errors here say what matters in one line.
+  logging.set_verbosity(logging.ERROR)
+  try:
+    return _probe_tfds_builder(opts)
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _probe_tfds_builder(opts: _Options):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(opts.name, data_dir=opts.dir or None)

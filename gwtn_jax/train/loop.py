@@ -107,6 +107,16 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
   return new_state, metrics
 
 
+def jit_train_step(method: base.Method, phase: base.Phase, tx: optax.GradientTransformation,
+                   rng: jax.Array, mesh: Mesh, state_shardings, teacher_shardings):
+  """The phase's step, jitted with explicit shardings and the state donated."""
+  return jax.jit(
+      functools.partial(_train_step, method=method, phase=phase, tx=tx, rng=rng),
+      in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), teacher_shardings),
+      out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+      donate_argnums=(0,))
+
+
 def _eval_step(variables, batch, teacher, *, method: base.Method, phase: base.Phase):
   return method.eval_metrics(phase, variables, teacher, batch)
 
@@ -230,7 +240,6 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
 
   writer = metrics_lib.MetricWriter(writer_dir)
   evaluate = _Evaluator(method, data, mesh, spec.eval_batch_size, shardings, teacher_shardings)
-  step_in_shardings = (shardings, mesh_lib.batch_sharding(mesh), teacher_shardings)
   batches = data.train_batches(global_batch_size=spec.batch_size, seed=spec.data_seed,
                                start_step=step)
   phase_end = 0
@@ -240,11 +249,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
       phase_start, phase_end = phase_end, phase_end + phase.steps
       if step >= phase_end:
         continue
-      train_step = jax.jit(
-          functools.partial(_train_step, method=method, phase=phase, tx=tx, rng=rng),
-          in_shardings=step_in_shardings,
-          out_shardings=(shardings, mesh_lib.replicated(mesh)),
-          donate_argnums=(0,))
+      train_step = jit_train_step(method, phase, tx, rng, mesh, shardings, teacher_shardings)
       pending = []
       while step < phase_end:
         batch = mesh_lib.put_global_batch(next(batches), mesh)

@@ -1,0 +1,86 @@
+"""Bad input is refused before anything is compiled, in one line naming the field or path."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from gwtn_jax import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def refused(config, workdir, match):
+  with pytest.raises(config_lib.ConfigError, match=match) as info:
+    config_lib.validate(config, workdir)
+  assert '\n' not in str(info.value)
+  return str(info.value)
+
+
+BAD = [
+    ({'model.name': 'resnet5'}, r"model.name='resnet5' is unknown; choose one of: .*resnet50"),
+    ({'data.name': 'mnist2'}, r"data.name='mnist2' is unknown"),
+    ({'thin_width': 0.3}, r'thin_width=0.3 gives .* channels'),
+    ({'wide_width': 1.1}, r'wide_width=1.1 gives .* channels'),
+    ({'imitate.layer_map': (0, 1, 2, 7)}, r'imitate.layer_map\[3\]=7 points outside the teacher'),
+    ({'imitate.layer_map': (0, 1)}, r'imitate.layer_map has 2 entries'),
+    ({'imitate.granularity': 'layer'}, r'imitate.granularity='),
+    ({'imitate.inputs': 'both'}, r'imitate.inputs='),
+    ({'imitate.point_weights': (1.0, 2.0)}, r'imitate.point_weights has 2 entries'),
+    ({'stages': ('imitate', 'wide')}, r'out of order'),
+    ({'stages': ('wide', 'probe')}, r"'probe' starts from the output of 'imitate'"),
+    ({'stages': ('wide', 'pretrain')}, r"'pretrain' is unknown"),
+    ({'stages': ('thin_kd',)}, r'teacher_dir is empty'),
+    ({'stages': ('thin_kd',), 'teacher_dir': '/nonexistent/wide'}, r'teacher_dir=/nonexistent/wide'),
+    ({'wide.optimizer.name': 'lamb'}, r"wide.optimizer.name='lamb' is unknown"),
+    ({'finetune.optimizer.schedule': 'linear'}, r"finetune.optimizer.schedule='linear'"),
+    ({'wide.optimizer.learning_rate': -1.0}, r'wide.optimizer.learning_rate=-1.0 must be > 0'),
+    ({'finetune.alpha': 1.5}, r'finetune.alpha=1.5 must be in \[0, 1\]'),
+    ({'wide.steps': 0}, r'wide.steps=0 must be a positive integer'),
+    ({'batch_size': 12, 'mesh.num_devices': 8}, r'batch_size=12 is not divisible by the 8 data-parallel'),
+    ({'mesh.shape': {'data': 3, 'fsdp': 1, 'tensor': 1}}, r'mesh.shape=.* needs 3 devices'),
+    ({'model.dtype': 'float64'}, r"model.dtype='float64'"),
+    ({'seeds': ()}, r'seeds=\(\) must be a non-empty'),
+]
+
+
+@pytest.mark.parametrize('overrides, match', BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_configs_are_refused(overrides, match, tmp_path):
+  refused(tiny_config(**overrides), str(tmp_path), match)
+
+
+def test_the_tiny_config_is_accepted(tmp_path):
+  config_lib.validate(tiny_config(), str(tmp_path))
+
+
+def test_missing_fashion_mnist_names_the_apt_command(tmp_path):
+  message = refused(tiny_config(**{'data.name': 'fashion_mnist_idx', 'data.dir': str(tmp_path / 'none')}),
+                    str(tmp_path / 'wd'), 'data.dir=')
+  assert 'apt-get install dataset-fashion-mnist' in message
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  refused(tiny_config(), str(blocker / 'workdir'), r'--workdir=.* is not a writable folder')
+
+
+def run_main(*args, timeout=120):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'gwtn_jax.main', *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+@pytest.mark.parametrize('args, match', [
+    (['--config.model.name=resnet5'], "model.name='resnet5' is unknown"),
+    (['--config.thin_width=0.3'], 'thin_width=0.3 gives'),
+    (['--config.data.dir=/nonexistent/fmnist'], 'apt-get install dataset-fashion-mnist'),
+])
+def test_main_exits_2_with_one_line(args, match, tmp_path):
+  result = run_main('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}/wd', *args)
+  assert result.returncode == 2, result.stderr
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: ') and match in lines[0], result.stderr
+  assert not os.path.exists(tmp_path / 'wd' / 'stages')

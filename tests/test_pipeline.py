@@ -1,0 +1,119 @@
+"""The whole pipeline: every stage through the real loop, the report, resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from gwtn_jax import pipeline
+from gwtn_jax.train import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {'wide', 'thin_scratch', 'thin_kd', 'thin_imitated', 'thin_gwtn'}
+
+
+def test_every_stage_and_the_report(tmp_path):
+  workdir = str(tmp_path)
+  report = pipeline.run(tiny_config(seeds=(0, 1)), workdir)
+  assert set(report) == KEYS
+  for key, row in report.items():
+    assert isinstance(row['params'], int) and row['params'] > 0, key
+    assert isinstance(row['flops'], int) and row['flops'] > 0, key
+    assert isinstance(row['train_steps'], int) and isinstance(row['wall_s'], float), key
+    assert set(row['metrics']) == {'accuracy', 'loss'}, key
+    assert 0.0 <= row['metrics']['accuracy'] <= 1.0 and np.isfinite(row['metrics']['loss']), key
+  # Equal budgets: the controls get as many steps as imitation (4 points x 2) + fine-tuning (2).
+  assert report['thin_gwtn']['train_steps'] == 10
+  assert report['thin_scratch']['train_steps'] == report['thin_kd']['train_steps'] == 10
+  assert report['thin_imitated']['train_steps'] == 8
+  assert report['wide']['train_steps'] == 4
+  # One thin architecture for every thin row; the wide one is bigger and costlier.
+  thin_params = {report[k]['params'] for k in KEYS - {'wide'}}
+  assert len(thin_params) == 1 and report['wide']['params'] > thin_params.pop()
+  assert report['wide']['flops'] > report['thin_gwtn']['flops']
+  # Two seeds: mean and spread.
+  assert report['thin_gwtn']['seeds'] == 2 and len(report['thin_gwtn']['per_seed']) == 2
+  accs = [s['accuracy'] for s in report['thin_scratch']['per_seed']]
+  assert report['thin_scratch']['metrics']['accuracy'] == pytest.approx(np.mean(accs))
+  assert report['thin_scratch']['spread']['accuracy'] == pytest.approx(np.std(accs))
+
+  with open(os.path.join(workdir, 'report.json')) as f:
+    assert json.load(f) == report
+  with open(os.path.join(workdir, 'report.md')) as f:
+    md = f.read()
+  assert all(f'| {k} |' in md for k in KEYS)
+  with open(os.path.join(workdir, 'curves.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  events = os.listdir(os.path.join(workdir, 'tensorboard', 'wide'))
+  assert any(name.startswith('events.out.tfevents') for name in events)
+  assert os.path.exists(os.path.join(workdir, 'tensorboard', 'seed1', 'imitate'))
+
+  # A finished pipeline is not run again: every stage is loaded from its folder.
+  results = [os.path.join(workdir, 'stages', s, loop.RESULT_FILE)
+             for s in ('wide', 'seed0/imitate', 'seed1/finetune')]
+  stamps = [os.stat(p).st_mtime_ns for p in results]
+  again = pipeline.run(tiny_config(seeds=(0, 1)), workdir)
+  assert again == report
+  assert [os.stat(p).st_mtime_ns for p in results] == stamps
+
+
+def test_one_and_eight_devices_agree(tmp_path):
+  """The same stage on a 1-device mesh and on 8 data-parallel devices: same losses."""
+  reports = []
+  for devices in (1, 8):
+    config = tiny_config(**{'mesh.num_devices': devices, 'stages': ('wide',)})
+    reports.append(pipeline.run(config, str(tmp_path / f'd{devices}')))
+  one, eight = (r['wide']['metrics'] for r in reports)
+  assert one['loss'] == pytest.approx(eight['loss'], rel=1e-4)
+  assert one['accuracy'] == pytest.approx(eight['accuracy'], abs=1e-6)
+
+
+def _main(workdir, *extra):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  args = [sys.executable, '-m', 'gwtn_jax.main', '--config=tests/tiny_config.py:fmnist',
+          f'--workdir={workdir}', '--config.thin_scratch.steps=60', *extra]
+  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + '.log'), 'a')
+  return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log.name
+
+
+def _saved_steps(folder):
+  if not os.path.isdir(folder):
+    return []
+  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+  straight, log = _main(str(tmp_path / 'straight'))
+  assert straight.wait(timeout=400) == 0, open(log).read()
+
+  workdir = str(tmp_path / 'killed')
+  proc, log = _main(workdir)
+  checkpoints = os.path.join(workdir, 'stages', 'seed0', 'thin_scratch', 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline and not any(s >= 6 for s in _saved_steps(checkpoints)):
+    assert proc.poll() is None, open(log).read()
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  with open(log) as f:
+    first = f.read()
+  assert '[seed0/thin_scratch] done' not in first, 'the stage ended before the kill'
+
+  proc, log = _main(workdir)
+  assert proc.wait(timeout=400) == 0, open(log).read()
+  with open(log) as f:
+    second = f.read()[len(first):]
+  assert '[seed0/thin_scratch] resuming at step' in second, second
+  assert '[wide] step' not in second  # the finished wide stage was not run again
+  with open(os.path.join(workdir, 'report.json')) as f:
+    resumed = json.load(f)
+  with open(tmp_path / 'straight' / 'report.json') as f:
+    expected = json.load(f)
+  for key in KEYS:
+    assert resumed[key]['metrics'] == expected[key]['metrics'], key

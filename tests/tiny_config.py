@@ -1,0 +1,43 @@
+"""A pipeline small enough to run every stage in seconds on the CPU.
+
+Used in-process by the tests (through conftest.tiny_config) and as a config file by the tests
+that run the real command line:
+
+  python -m gwtn_jax.main --config=tests/tiny_config.py:fmnist --workdir=...
+
+`fmnist` reads the head of the real Debian Fashion-MNIST files (the embedded reader);
+without it the data are synthetic.
+"""
+
+from gwtn_jax import config_lib
+
+
+def get_config(arg: str = ''):
+  c = config_lib.base_config()
+  c.model.name = 'cifar_resnet8'
+  c.thin_width = 0.5
+  c.wide_width = 1.0
+  c.data.name = 'synthetic'
+  c.data.synthetic_image_shape = (8, 8, 1)
+  c.data.synthetic_num_classes = 4
+  c.data.synthetic_num_train = 256
+  c.data.synthetic_num_eval = 64
+  c.mesh.num_devices = 1
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.log_every = 2
+  c.eval_every = 4
+  c.checkpoint_every = 2
+  c.wide.steps = 4
+  c.imitate.steps_per_point = 2
+  c.probe.steps = 2
+  c.finetune.steps = 2
+  if arg == 'fmnist':
+    c.data.name = 'fashion_mnist_idx'
+    c.data.dir = '/usr/share/datasets/fashion-mnist'
+    c.data.num_train_examples = 512
+    c.data.num_eval_examples = 128
+    c.model.stem_strides = 2
+  elif arg:
+    raise ValueError(f'tests/tiny_config.py: unknown argument {arg!r}')
+  return c
