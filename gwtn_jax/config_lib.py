@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every = 500
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
+  # A NaN or Inf in the loss or gradients: 'stop' the run (one line naming the stage, step and
+  # quantity; nothing non-finite is saved) or 'skip' the step (counted and reported).
+  config.on_nonfinite = 'stop'
 
   config.wide = stage_config()
   config.thin_scratch = stage_config(steps=-1)
@@ -160,6 +163,17 @@ def stage_steps(config, stage: str, num_points: int | None = None) -> int:
 def stage_value(config, stage: str, field: str):
   """A stage's own value of `field`, or the top-level default where the stage gives 0."""
   return config[stage][field] or config[field]
+
+
+# Fields a rerun in the same workdir may change: how long stages run, how often they log, eval
+# and save, which seeds and stages to run, and how the work is laid out on devices and read from
+# disk (a checkpoint restores into another mesh). Anything else would mix two experiments in one
+# workdir. Dotted names; a leading '*.' matches the field in every stage.
+RERUN_FIELDS = ('seeds', 'stages', 'log_every', 'eval_every', 'checkpoint_every',
+                'keep_checkpoints', 'on_nonfinite', '*.steps', 'imitate.steps_per_point',
+                '*.eval_every', '*.checkpoint_every', 'data.read_threads', 'data.prefetch',
+                'mesh.*')
+CONFIG_FILE = 'config.json'
 
 
 class ConfigError(ValueError):
@@ -267,6 +281,9 @@ def validate(config, workdir: str) -> None:
   for field in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _check_positive_int(config[field], field)
 
+  _require(config.on_nonfinite in ('stop', 'skip'),
+           f"on_nonfinite={config.on_nonfinite!r} must be 'stop' or 'skip'")
+
   imitate = config.imitate
   _require(imitate.granularity in IMITATION_GRANULARITIES,
            f'imitate.granularity={imitate.granularity!r} must be one of {IMITATION_GRANULARITIES}')
@@ -317,3 +334,52 @@ def validate(config, workdir: str) -> None:
              f'(mesh data x fsdp)')
   _require(config.eval_batch_size % dp == 0,
            f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')
+
+
+def _flatten(tree, prefix: str = '') -> dict[str, object]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _may_change(field: str) -> bool:
+  for pattern in RERUN_FIELDS:
+    if pattern.startswith('*.') and field.endswith(pattern[1:]):
+      return True
+    if pattern.endswith('.*') and field.startswith(pattern[:-1]):
+      return True
+    if field == pattern:
+      return True
+  return False
+
+
+def changed_fields(old: dict, new: dict) -> list[str]:
+  """Dotted fields whose values differ between two configs (as JSON), other than RERUN_FIELDS."""
+  a, b = _flatten(old), _flatten(new)
+  return sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f) and not _may_change(f))
+
+
+def check_workdir_config(config, workdir: str) -> None:
+  """Refuses a config that differs from the one the workdir was started with.
+
+  Raises:
+    ConfigError: one line naming the fields that differ.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(config.to_json_best_effort())
+  fields = changed_fields(old, new)
+  if fields:
+    old_flat, new_flat = _flatten(old), _flatten(new)
+    shown = ', '.join(f'{f} ({old_flat.get(f)!r} -> {new_flat.get(f)!r})' for f in fields[:6])
+    more = f' and {len(fields) - 6} more' if len(fields) > 6 else ''
+    raise ConfigError(
+        f'--workdir={workdir} was started with another config: {shown}{more} differ; rerun with '
+        'the same config, use a new workdir, or pass --start_over to set the old run aside')

@@ -10,6 +10,7 @@ read or compiled.
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app
@@ -21,7 +22,35 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file (optionally `file.py:arg`).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the report go.')
+_START_OVER = flags.DEFINE_bool(
+    'start_over', False, 'Set a previous run in --workdir aside (moved to previous-<time>/, '
+    'never deleted) and start anew, e.g. after changing the config.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _parse_flags(argv):
+  """absl's parser, with a refused flag or config file said in one line and exit status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    # A config file is loaded lazily: a missing or broken one fails here.
+    _CONFIG.value.to_dict()
+    return rest
+  except (AttributeError, KeyError) as e:
+    text = str(e.args[0] if e.args else e)
+    field = re.search(r"'([^'\\]+)", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    message = (f"--config: no such field '{field.group(1) if field else text}'" +
+               (f' (did you mean "{hint.group(1)}"?)' if hint else '') +
+               '; gwtn_jax/config_lib.py lists the fields')
+  except (flags.Error, OSError, ValueError, TypeError) as e:
+    text = str(e).strip()
+    if 'Traceback' in text:  # the config file's get_config raised: its last line says why
+      text = '--config: ' + text.splitlines()[-1]
+    elif isinstance(e, OSError):
+      text = f'--config: {text}'
+    message = ' '.join(text.split())
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
 
 
 def main(argv):
@@ -34,15 +63,24 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import preemption  # pylint: disable=g-import-not-at-top
 
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
+  except preemption.StopRequested as e:
+    print(e.message, flush=True)
+    sys.exit(0)
+  except (loop.NonFiniteError, checkpoint.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

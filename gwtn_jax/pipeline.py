@@ -10,8 +10,8 @@ Workdir layout:
 
 from __future__ import annotations
 
-import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -23,6 +23,7 @@ from gwtn_jax import report as report_lib
 from gwtn_jax.data import build_image_data
 from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import loop
+from gwtn_jax.train import preemption as preemption_lib
 
 # Report key of the network each thin stage produces, and the stages its budget adds up.
 REPORT_KEYS = {
@@ -48,23 +49,47 @@ def _spec(config, stage: str, name: str, method, model, init_seed: int, data_see
       log_every=config.log_every,
       eval_every=config_lib.stage_value(config, stage, 'eval_every'),
       checkpoint_every=config_lib.stage_value(config, stage, 'checkpoint_every'),
-      keep_checkpoints=config.keep_checkpoints)
+      keep_checkpoints=config.keep_checkpoints, on_nonfinite=config.on_nonfinite)
 
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    path = os.path.join(workdir, config_lib.CONFIG_FILE)
+    with open(path + '.tmp', 'w') as f:
       f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+    os.replace(path + '.tmp', path)
 
 
-def run(config, workdir: str) -> dict[str, Any]:
+def set_aside(workdir: str) -> str | None:
+  """Moves a previous run's files into `workdir/previous-<time>/` (nothing is deleted)."""
+  names = [n for n in os.listdir(workdir) if not n.startswith('previous-')] if os.path.isdir(
+      workdir) else []
+  if not names or jax.process_index() != 0:
+    return None
+  target = os.path.join(workdir, time.strftime('previous-%Y%m%d-%H%M%S', time.gmtime()))
+  os.makedirs(target)
+  for name in names:
+    os.replace(os.path.join(workdir, name), os.path.join(target, name))
+  return target
+
+
+def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   """Runs the pipeline of `config` in `workdir` and returns the report.
+
+  Args:
+    config: the run's config.
+    workdir: where everything is written; a rerun resumes there.
+    start_over: set a previous run in `workdir` aside (moved, not deleted) and start anew.
 
   Raises:
     config_lib.ConfigError: a refused config, before anything is read or compiled.
   """
   config_lib.validate(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if start_over:
+    moved = set_aside(workdir)
+    if moved:
+      print(f'--start_over: the previous run is in {moved}', flush=True)
+  config_lib.check_workdir_config(config, workdir)
   _write_config(config, workdir)
 
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -77,11 +102,25 @@ def run(config, workdir: str) -> dict[str, Any]:
   sample = loop._sample_batch(data)  # pylint: disable=protected-access
   stages = tuple(config.stages)
 
+  preemption = preemption_lib.Preemption(sync_every=config.log_every)
+
   def stage_kwargs(name: str) -> dict[str, Any]:
-    return dict(data=data, mesh=mesh, rules=rules,
+    return dict(data=data, mesh=mesh, rules=rules, preemption=preemption,
                 stage_dir=os.path.join(workdir, 'stages', name),
                 writer_dir=os.path.join(workdir, 'tensorboard', name))
 
+  with preemption:
+    results = _run_stages(config, stages, thin, wide, sample, mesh, rules, stage_kwargs)
+  networks = {'wide': wide, 'thin': thin}
+  report = report_lib.build_report(results, REPORT_KEYS, networks, sample)
+  if jax.process_index() == 0:
+    report_lib.write_report(workdir, report, results, config)
+  return report
+
+
+def _run_stages(config, stages, thin, wide, sample, mesh, rules, stage_kwargs
+                ) -> dict[str, list[loop.StageResult]]:
+  """Runs (or loads) every stage: the wide one once, the thin ones for each seed."""
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
   if 'wide' in stages:
@@ -114,9 +153,4 @@ def run(config, workdir: str) -> dict[str, Any]:
           **stage_kwargs(name))
       produced[stage] = result
       results.setdefault(stage, []).append(result)
-
-  networks = {'wide': wide, 'thin': thin}
-  report = report_lib.build_report(results, REPORT_KEYS, networks, sample)
-  if jax.process_index() == 0:
-    report_lib.write_report(workdir, report, results, config)
-  return report
+  return results

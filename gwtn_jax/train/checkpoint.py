@@ -2,16 +2,36 @@
 
 One manager per stage folder, `STAGE_DIR/checkpoints/<step>/{state,meta}`. Orbax writes a step
 to a temporary folder and renames it when complete, so an interrupted save never becomes the
-latest step. Every process takes part in a save and a restore; arrays are written and read in
-their shardings, so a restore can go straight into another mesh's shardings.
+latest step. A latest step whose files are truncated or corrupt is reported in one warning line
+and set aside (renamed `corrupt-<step>-<time>`, never deleted), and the previous good step is
+restored. A write that fails (disk full, permission) raises `CheckpointError` and leaves the
+earlier steps as they were. Every process takes part in a save and a restore; arrays are written
+and read in their shardings, so a restore can go straight into another mesh's shardings.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that could not be written or read, in one line naming the path."""
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:300]}'
+
+
+def warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 class StageCheckpoints:
@@ -34,19 +54,73 @@ class StageCheckpoints:
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts saving `state` at `step` (asynchronously; `wait` or `close` finishes it)."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'could not write the checkpoint of step {step} to {self.directory} ({_one_line(e)}); '
+          'the earlier checkpoints are intact') from e
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """Restores the state into the shardings carried by `abstract_state`'s leaves."""
-    step = self.latest_step() if step is None else step
+  def restore(self, abstract_state: Any, step: int) -> tuple[Any, dict[str, Any]]:
+    """Restores the state of `step` into the shardings carried by `abstract_state`'s leaves."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
+  def restore_latest_good(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the newest readable step; unreadable ones are reported and set aside."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract_state, step)
+      except Exception as e:  # pylint: disable=broad-except
+        aside = self._set_aside(step)
+        warn(f'checkpoint step {step} in {self.directory} is unreadable ({_one_line(e)}); '
+             f'moved it to {aside} and falling back to the previous one')
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, f'corrupt-{step}-{int(time.time())}')
+    if jax.process_index() == 0 and os.path.exists(source):
+      os.replace(source, target)
+    self._manager.reload()
+    return target
+
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'could not finish writing a checkpoint in {self.directory} '
+                            f'({_one_line(e)}); the earlier checkpoints are intact') from e
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+
+
+def save_final(directory: str, variables: Any) -> None:
+  """Saves a finished stage's network once; an existing one is never overwritten."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    return
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(directory, variables)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'could not write the stage output to {directory} ({_one_line(e)}); '
+                          'the checkpoints of the stage are intact: rerun to try again') from e
+
+
+def restore_final(directory: str, target: Any) -> Any:
+  """Restores a finished stage's network into the shardings of `target`."""
+  directory = os.path.abspath(directory)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(directory, target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'cannot read the finished stage output {directory} ({_one_line(e)}); '
+                          'it is left as it is: restore it from a backup, or run in a new workdir'
+                          ) from e

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from gwtn_jax.methods import base
@@ -32,9 +31,15 @@ from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import checkpoint as checkpoint_lib
 from gwtn_jax.train import metrics as metrics_lib
 from gwtn_jax.train import optim
+from gwtn_jax.train import preemption as preemption_lib
 from gwtn_jax.train import state as state_lib
 
 RESULT_FILE = 'result.json'
+NONFINITE_POLICIES = ('stop', 'skip')
+
+
+class NonFiniteError(RuntimeError):
+  """A NaN or Inf in the loss or the gradients, with the stage and the step, in one line."""
 
 
 @dataclasses.dataclass
@@ -51,6 +56,8 @@ class StageSpec:
       so that the controls and GWTN start from the same thin weights).
     data_seed: the data order and augmentation.
     log_every / eval_every / checkpoint_every / keep_checkpoints: in steps.
+    on_nonfinite: 'stop' (the run ends with an error naming the step; nothing non-finite is
+      ever saved) or 'skip' (the step is not applied, and is counted and reported).
   """
   name: str
   method: base.Method
@@ -64,6 +71,7 @@ class StageSpec:
   eval_every: int
   checkpoint_every: int
   keep_checkpoints: int = 2
+  on_nonfinite: str = 'stop'
 
 
 @dataclasses.dataclass
@@ -101,9 +109,16 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
   if mask is not None:
     updates = base.tree_where(mask, updates, jax.tree.map(jnp.zeros_like, updates))
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                            opt_state=opt_state)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # A non-finite step changes nothing but the step counter, so the state stays the last good
+  # one whatever the policy; the loop stops the run or counts the skip.
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            model_state=keep(model_state, state.model_state),
+                            opt_state=keep(opt_state, state.opt_state))
+  metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                 nonfinite_loss=~jnp.isfinite(loss), nonfinite_grads=~jnp.isfinite(grad_norm))
   return new_state, metrics
 
 
@@ -138,8 +153,7 @@ def model_abstract_variables(model: nn.Module, sample, mesh: Mesh, rules):
 def load_stage_output(stage_dir: str, model: nn.Module, sample, mesh: Mesh, rules):
   """Restores a finished stage's network straight into this mesh's shardings."""
   target = model_abstract_variables(model, sample, mesh, rules)
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.abspath(os.path.join(stage_dir, 'final')), target)
+  return checkpoint_lib.restore_final(os.path.join(stage_dir, 'final'), target)
 
 
 def read_result(stage_dir: str) -> dict[str, Any] | None:
@@ -159,9 +173,39 @@ def _write_json(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
-def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
-  fetched = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+def _mean_metrics(pending: list[dict[str, float]]) -> dict[str, float]:
+  return {k: float(np.mean([m[k] for m in pending])) for k in pending[0]
+          if not k.startswith('nonfinite_')}
+
+
+class _NonFiniteCheck:
+  """Fetches step metrics and applies the non-finite policy to them."""
+
+  def __init__(self, name: str, policy: str, checkpoints: checkpoint_lib.StageCheckpoints,
+               progress: metrics_lib.Progress, skipped: int):
+    self.name, self.policy, self.checkpoints, self.progress = name, policy, checkpoints, progress
+    self.skipped = skipped
+
+  def __call__(self, pending: list[tuple[int, dict[str, jax.Array]]]) -> list[dict[str, float]]:
+    fetched = jax.device_get([m for _, m in pending])
+    for (step, _), metrics in zip(pending, fetched):
+      bad = [q for q, flag in (('loss', metrics['nonfinite_loss']),
+                               ('gradients', metrics['nonfinite_grads'])) if flag]
+      if not bad:
+        continue
+      if self.policy == 'skip':
+        self.skipped += 1
+        self.progress.message(f'skipped step {step}: non-finite {" and ".join(bad)} '
+                              f'({self.skipped} skipped so far)')
+        continue
+      latest = self.checkpoints.latest_step()
+      where = (f'the last good checkpoint (step {latest}) stays the latest' if latest is not None
+               else 'no checkpoint of this stage was written')
+      raise NonFiniteError(
+          f'{self.name}: non-finite {" and ".join(bad)} at step {step} (loss {metrics["loss"]}, '
+          f'gradient norm {metrics["grad_norm"]}); stopped without saving it: {where}. '
+          'Lower the learning rate or set on_nonfinite=skip')
+    return [m for (_, _), m in zip(pending, fetched)]
 
 
 class _Evaluator:
@@ -190,7 +234,8 @@ class _Evaluator:
 
 def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, writer_dir: str,
               teacher: Mapping[str, Any] | None = None,
-              init: Mapping[str, Any] | None = None) -> StageResult:
+              init: Mapping[str, Any] | None = None,
+              preemption: preemption_lib.Preemption | None = None) -> StageResult:
   """Runs (or resumes, or just loads) one stage.
 
   Args:
@@ -201,20 +246,30 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     writer_dir: the stage's TensorBoard folder.
     teacher: the teacher's variables (already sharded), for methods that read one.
     init: variables of an earlier stage that the method starts from.
+    preemption: asked after every step whether to save and stop (SIGTERM, SIGINT).
 
   Returns:
     The stage's result; a finished stage is loaded, not run again.
+
+  Raises:
+    preemption_lib.StopRequested: after saving, when a stop was asked for.
+    NonFiniteError: a NaN or Inf in the loss or gradients under the 'stop' policy.
+    checkpoint_lib.CheckpointError: a checkpoint could not be written.
   """
   sample = _sample_batch(data)
+  method = spec.method
+  phases = list(method.phases())
+  total_steps = sum(p.steps for p in phases)
   done = read_result(stage_dir)
   if done is not None:
+    if done['steps'] != total_steps:
+      checkpoint_lib.warn(f'{spec.name} finished at {done["steps"]} steps; the config now asks '
+                          f'for {total_steps}, which is ignored: a finished stage is never run '
+                          'again (use a new workdir to run it longer)')
     variables = load_stage_output(stage_dir, spec.model, sample, mesh, rules)
     return StageResult(spec.name, variables, done['metrics'], done['history'], done['steps'],
                        done['wall_s'], done['curve_metric'])
 
-  method = spec.method
-  phases = list(method.phases())
-  total_steps = sum(p.steps for p in phases)
   period = phases[0].steps if len(phases) > 1 else None
   tx, schedule = optim.make_optimizer(spec.optimizer, total_steps, period)
   rng = jax.random.key(spec.init_seed)
@@ -226,17 +281,20 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                                                 keep=spec.keep_checkpoints)
   progress = metrics_lib.Progress(spec.name, total_steps, 0, spec.batch_size)
   history: list[dict[str, Any]] = []
-  wall_before = 0.0
-  if checkpoints.latest_step() is not None:
-    state, meta = checkpoints.restore(abstract)
-    history, wall_before = meta['history'], meta['wall_s']
+  wall_before, skipped = 0.0, 0
+  restored = checkpoints.restore_latest_good(abstract)
+  if restored is not None:
+    state, meta = restored
+    history, wall_before, skipped = meta['history'], meta['wall_s'], meta.get('skipped_steps', 0)
     progress.message(f'resuming at step {int(state.step)}/{total_steps} from {checkpoints.directory}')
   else:
     state = state_lib.create_state(method, tx, rng, sample, init, shardings)
   step = int(state.step)
   progress = metrics_lib.Progress(spec.name, total_steps, step, spec.batch_size)
+  check = _NonFiniteCheck(spec.name, spec.on_nonfinite, checkpoints, progress, skipped)
   started = time.time()
   wall = lambda: wall_before + time.time() - started
+  meta = lambda: {'history': history, 'wall_s': wall(), 'skipped_steps': check.skipped}
 
   writer = metrics_lib.MetricWriter(writer_dir)
   evaluate = _Evaluator(method, data, mesh, spec.eval_batch_size, shardings, teacher_shardings)
@@ -246,19 +304,26 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
   last_metrics: dict[str, float] = {}
   try:
     for phase in phases:
-      phase_start, phase_end = phase_end, phase_end + phase.steps
+      phase_end += phase.steps
       if step >= phase_end:
         continue
       train_step = jit_train_step(method, phase, tx, rng, mesh, shardings, teacher_shardings)
-      pending = []
+      unchecked, fetched = [], []
       while step < phase_end:
         batch = mesh_lib.put_global_batch(next(batches), mesh)
         state, step_metrics = train_step(state, batch, teacher)
         step += 1
-        pending.append(step_metrics)
-        if step % spec.log_every == 0 or step == phase_end:
-          scalars = _mean_metrics(pending)
-          pending = []
+        unchecked.append((step, step_metrics))
+        save = step % spec.checkpoint_every == 0 or step == total_steps
+        stop = preemption is not None and preemption.should_stop(step)
+        log = step % spec.log_every == 0 or step == phase_end
+        if log or save or stop:
+          # Every step is checked before anything is logged or saved.
+          fetched += check(unchecked)
+          unchecked = []
+        if log:
+          scalars = _mean_metrics(fetched)
+          fetched = []
           scalars['learning_rate'] = float(schedule(step - 1))
           writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
           shown = {k: scalars[k] for k in ('loss', 'accuracy') if k in scalars}
@@ -270,25 +335,29 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
           writer.write_scalars(step, {f'eval/{k}': v for k, v in last_metrics.items()})
           progress.message(f'eval at step {step}: ' +
                            ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()))
-        if step % spec.checkpoint_every == 0 or step == total_steps:
-          checkpoints.save(step, state, {'history': history, 'wall_s': wall()})
+        if save or stop:
+          checkpoints.save(step, state, meta())
+        if stop and step < total_steps:
+          checkpoints.wait()
+          raise preemption_lib.StopRequested(
+              f'{spec.name}: stopped by {preemption.signal_name} at step {step}/{total_steps}; '
+              f'checkpoint saved in {checkpoints.directory}; rerun the same command to resume')
     if not last_metrics:
       # Resumed at the very end: the final eval was not kept, so do it again.
       last_metrics = evaluate(phases[-1], state, teacher)
     checkpoints.wait()
     variables = method.export(_variables(state), teacher)
-    final_dir = os.path.abspath(os.path.join(stage_dir, 'final'))
-    if not os.path.exists(final_dir):
-      with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(final_dir, variables)
+    checkpoint_lib.save_final(os.path.join(stage_dir, 'final'), variables)
     wall_s = wall()
     _write_json(os.path.join(stage_dir, RESULT_FILE), {
         'name': spec.name, 'steps': total_steps, 'wall_s': wall_s, 'metrics': last_metrics,
-        'history': history, 'curve_metric': method.curve_metric})
+        'history': history, 'curve_metric': method.curve_metric,
+        'skipped_steps': check.skipped})
   finally:
     checkpoints.close()
     writer.close()
   progress.message(f'done: {total_steps} steps in {wall_s:.0f}s; ' +
-                   ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()))
+                   ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()) +
+                   (f'; {check.skipped} non-finite steps skipped' if check.skipped else ''))
   return StageResult(spec.name, variables, last_metrics, history, total_steps, wall_s,
                      method.curve_metric)
