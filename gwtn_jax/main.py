@@ -10,6 +10,7 @@ read or compiled.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -79,7 +80,10 @@ def main(argv):
     sys.exit(0)
   except (loop.NonFiniteError, checkpoint.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+    sys.stdout.flush()
+    # A failed asynchronous write can leave orbax's worker threads waiting on their own
+    # time-outs (minutes); everything worth keeping is already on disk.
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

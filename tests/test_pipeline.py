@@ -1,12 +1,10 @@
-"""The whole pipeline: every stage through the real loop, the report, resume after kill -9."""
+"""The whole pipeline: every stage through the real loop, the report, 1 vs 8 devices.
+
+Resume after kill -9 and the other interruptions: test_reliability.py.
+"""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
@@ -14,7 +12,6 @@ from conftest import tiny_config
 from gwtn_jax import pipeline
 from gwtn_jax.train import loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {'wide', 'thin_scratch', 'thin_kd', 'thin_imitated', 'thin_gwtn'}
 
 
@@ -72,48 +69,3 @@ def test_one_and_eight_devices_agree(tmp_path):
   one, eight = (r['wide']['metrics'] for r in reports)
   assert one['loss'] == pytest.approx(eight['loss'], rel=1e-4)
   assert one['accuracy'] == pytest.approx(eight['accuracy'], abs=1e-6)
-
-
-def _main(workdir, *extra):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  args = [sys.executable, '-m', 'gwtn_jax.main', '--config=tests/tiny_config.py:fmnist',
-          f'--workdir={workdir}', '--config.thin_scratch.steps=60', *extra]
-  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + '.log'), 'a')
-  return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log.name
-
-
-def _saved_steps(folder):
-  if not os.path.isdir(folder):
-    return []
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
-
-
-def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
-  straight, log = _main(str(tmp_path / 'straight'))
-  assert straight.wait(timeout=400) == 0, open(log).read()
-
-  workdir = str(tmp_path / 'killed')
-  proc, log = _main(workdir)
-  checkpoints = os.path.join(workdir, 'stages', 'seed0', 'thin_scratch', 'checkpoints')
-  deadline = time.time() + 300
-  while time.time() < deadline and not any(s >= 6 for s in _saved_steps(checkpoints)):
-    assert proc.poll() is None, open(log).read()
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  with open(log) as f:
-    first = f.read()
-  assert '[seed0/thin_scratch] done' not in first, 'the stage ended before the kill'
-
-  proc, log = _main(workdir)
-  assert proc.wait(timeout=400) == 0, open(log).read()
-  with open(log) as f:
-    second = f.read()[len(first):]
-  assert '[seed0/thin_scratch] resuming at step' in second, second
-  assert '[wide] step' not in second  # the finished wide stage was not run again
-  with open(os.path.join(workdir, 'report.json')) as f:
-    resumed = json.load(f)
-  with open(tmp_path / 'straight' / 'report.json') as f:
-    expected = json.load(f)
-  for key in KEYS:
-    assert resumed[key]['metrics'] == expected[key]['metrics'], key

@@ -58,8 +58,9 @@ class StageCheckpoints:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # pylint: disable=broad-except
+      # An asynchronous save fails at the next save or wait: the error names its own path.
       raise CheckpointError(
-          f'could not write the checkpoint of step {step} to {self.directory} ({_one_line(e)}); '
+          f'could not write a checkpoint in {self.directory} ({_one_line(e)}); '
           'the earlier checkpoints are intact') from e
 
   def restore(self, abstract_state: Any, step: int) -> tuple[Any, dict[str, Any]]:
