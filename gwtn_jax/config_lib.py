@@ -260,6 +260,9 @@ def validate(config, workdir: str) -> None:
   _require(config.model.dtype in DTYPES, f'model.dtype={config.model.dtype!r} must be one of {DTYPES}')
   for field in ('thin_width', 'wide_width'):
     _require(config[field] > 0, f'{field}={config[field]} must be > 0')
+  _require(config.wide_width >= config.thin_width,
+           f'wide_width={config.wide_width} is below thin_width={config.thin_width}; the wide '
+           'network is the teacher and must be at least as wide')
 
   try:
     data_lib.check_data_config(config.data)

@@ -43,6 +43,26 @@ BAD = [
     ({'mesh.shape': {'data': 3, 'fsdp': 1, 'tensor': 1}}, r'mesh.shape=.* needs 3 devices'),
     ({'model.dtype': 'float64'}, r"model.dtype='float64'"),
     ({'seeds': ()}, r'seeds=\(\) must be a non-empty'),
+    ({'seeds': (0, 0)}, r'seeds=\(0, 0\) repeats a seed'),
+    ({'thin_width': 2.0}, r'wide_width=1.0 is below thin_width=2.0'),
+    ({'eval_batch_size': 30, 'mesh.num_devices': 8}, r'eval_batch_size=30 is not divisible by the 8'),
+    ({'imitate.steps_per_point': 0}, r'imitate.steps_per_point=0 must be a positive integer'),
+    ({'probe.steps': -1}, r'probe.steps=-1 must be a positive integer'),
+    ({'finetune.temperature': 0.0}, r'finetune.temperature=0.0 must be > 0'),
+    ({'wide.optimizer.decay_boundaries': (0.5, 1.5)}, r'wide.optimizer.decay_boundaries=.* fractions'),
+    ({'wide.optimizer.warmup_steps': -1}, r'wide.optimizer.warmup_steps=-1 must be >= 0'),
+    ({'wide.optimizer.momentum': 1.0}, r'wide.optimizer.momentum=1.0 must be in \[0, 1\)'),
+    ({'wide.optimizer.weight_decay_on': 'biases'}, r'wide.optimizer.weight_decay_on='),
+    ({'keep_checkpoints': 0}, r'keep_checkpoints=0 must be a positive integer'),
+    ({'log_every': 0}, r'log_every=0 must be a positive integer'),
+    ({'on_nonfinite': 'ignore'}, r"on_nonfinite='ignore' must be 'stop' or 'skip'"),
+    ({'mesh.shape': {'data': -1, 'fsdp': -1, 'tensor': 1}}, r'only one axis may be -1'),
+    ({'mesh.shape': {'data': -1, 'model': 2}}, r'mesh.shape has unknown axes'),
+    ({'mesh.num_devices': 16}, r'mesh.num_devices=16 but only 8 devices exist'),
+    ({'data.num_train_examples': -5}, r'data.num_train_examples=-5 must be >= 0'),
+    ({'data.synthetic_image_shape': (8, 8)}, r'data.synthetic_image_shape='),
+    ({'imitate.point_weights': (1.0, -1.0, 1.0, 1.0)}, r'imitate.point_weights=.* must be >= 0'),
+    ({'imitate.schedule': 'random'}, r"imitate.schedule='random'"),
 ]
 
 
@@ -75,11 +95,16 @@ def run_main(*args, timeout=120):
 
 @pytest.mark.parametrize('args, match', [
     (['--config.model.name=resnet5'], "model.name='resnet5' is unknown"),
+    (['--config.batch_size=abc'], "--config.batch_size=abc: invalid literal for int()"),
+    (['--config.wide.optimizer.nam=sgd'], "no such field 'nam' (did you mean \"name\"?)"),
+    (['--config=configs/no_such_config.py'], "No such file or directory: 'configs/no_such_config.py'"),
+    (['--config=configs/fashion_mnist.py:fast'], "unknown argument 'fast'"),
     (['--config.thin_width=0.3'], 'thin_width=0.3 gives'),
     (['--config.data.dir=/nonexistent/fmnist'], 'apt-get install dataset-fashion-mnist'),
 ])
 def test_main_exits_2_with_one_line(args, match, tmp_path):
   result = run_main('--config=configs/fashion_mnist.py', f'--workdir={tmp_path}/wd', *args)
+  # (a later --config replaces the first)
   assert result.returncode == 2, result.stderr
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: ') and match in lines[0], result.stderr
