@@ -52,8 +52,9 @@ def get_config(arg: str = ''):
   config.thin_kd.alpha = 0.5
   config.thin_kd.temperature = 4.0
 
-  config.imitate.steps_per_point = 90
-  config.imitate.eval_every = 90
+  config.imitate.granularity = 'stage'
+  config.imitate.steps_per_point = 300
+  config.imitate.eval_every = 300
   config.imitate.optimizer.update(sgd, learning_rate=0.1, weight_decay=0.0)
   config.probe.steps = 200
   config.probe.optimizer.update(sgd, learning_rate=0.1, weight_decay=0.0)
@@ -66,8 +67,8 @@ def get_config(arg: str = ''):
     config.data.num_train_examples = 4096
     config.data.num_eval_examples = 1000
     config.wide.steps = 120
-    config.imitate.steps_per_point = 6
-    config.imitate.eval_every = 6
+    config.imitate.steps_per_point = 20
+    config.imitate.eval_every = 20
     config.probe.steps = 20
     config.finetune.steps = 60
     config.log_every = 20
