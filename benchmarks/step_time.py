@@ -44,7 +44,6 @@ def main(argv):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders, config_lib  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.data import build_image_data  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
@@ -52,17 +51,11 @@ def main(argv):
   config = _CONFIG.value
   with tempfile.TemporaryDirectory() as tmp:
     config_lib.validate(config, tmp)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.rules_from_config(config.mesh.rules)
-  data = build_image_data(config.data, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-  num_classes = config.model.num_classes or data.info.num_classes
-  thin = builders.build_model(config, 'thin', num_classes)
-  wide = builders.build_model(config, 'wide', num_classes)
+  exp = builders.build_experiment(config)
+  mesh, rules, thin, wide, sample = exp.mesh, exp.rules, exp.thin, exp.wide, exp.sample
   batch_size = config.batch_size
   batch = mesh_lib.put_global_batch(
-      next(data.train_batches(global_batch_size=batch_size, seed=0)), mesh)
-  sample = loop._sample_batch(data)  # pylint: disable=protected-access
+      next(exp.data.train_batches(global_batch_size=batch_size, seed=0)), mesh)
 
   target = loop.model_abstract_variables(wide, sample, mesh, rules)
   teacher_shardings = jax.tree.map(lambda x: x.sharding, target)

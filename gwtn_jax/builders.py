@@ -6,16 +6,46 @@ benchmarks build exactly the same things.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from gwtn_jax import config_lib
 from gwtn_jax import models
+from gwtn_jax.data import build_image_data
+from gwtn_jax.parallel import mesh as mesh_lib
+from gwtn_jax.train import loop
 from gwtn_jax.methods import base
 from gwtn_jax.methods.distill import Distill
 from gwtn_jax.methods.imitation import Imitation
 from gwtn_jax.methods.supervised import Supervised
 
 ROLES = ('thin', 'wide')
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What every stage of a run shares: devices, data and the two networks."""
+  mesh: Mesh
+  rules: tuple[tuple[str, Any], ...]
+  data: Any           # gwtn_jax.data.ImageData
+  thin: models.ResNet
+  wide: models.ResNet
+  sample: dict[str, Any]  # a one-example batch: the shapes networks are initialized with
+
+
+def build_experiment(config) -> Experiment:
+  """The mesh, this process's data and the thin and wide networks of a (validated) config."""
+  data = build_image_data(config.data, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  num_classes = config.model.num_classes or data.info.num_classes
+  return Experiment(
+      mesh=mesh_lib.make_mesh(config.mesh), rules=mesh_lib.rules_from_config(config.mesh.rules),
+      data=data, thin=build_model(config, 'thin', num_classes),
+      wide=build_model(config, 'wide', num_classes), sample=loop.sample_batch(data))
 
 
 def build_model(config, role: str, num_classes: int):

@@ -20,8 +20,6 @@ import numpy as np
 from gwtn_jax import builders
 from gwtn_jax import config_lib
 from gwtn_jax import report as report_lib
-from gwtn_jax.data import build_image_data
-from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import loop
 from gwtn_jax.train import preemption as preemption_lib
 
@@ -92,35 +90,27 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   config_lib.check_workdir_config(config, workdir)
   _write_config(config, workdir)
 
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.rules_from_config(config.mesh.rules)
-  data = build_image_data(config.data, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-  num_classes = config.model.num_classes or data.info.num_classes
-  thin = builders.build_model(config, 'thin', num_classes)
-  wide = builders.build_model(config, 'wide', num_classes)
-  sample = loop._sample_batch(data)  # pylint: disable=protected-access
-  stages = tuple(config.stages)
-
+  exp = builders.build_experiment(config)
   preemption = preemption_lib.Preemption(sync_every=config.log_every)
 
   def stage_kwargs(name: str) -> dict[str, Any]:
-    return dict(data=data, mesh=mesh, rules=rules, preemption=preemption,
+    return dict(data=exp.data, mesh=exp.mesh, rules=exp.rules, preemption=preemption,
                 stage_dir=os.path.join(workdir, 'stages', name),
                 writer_dir=os.path.join(workdir, 'tensorboard', name))
 
   with preemption:
-    results = _run_stages(config, stages, thin, wide, sample, mesh, rules, stage_kwargs)
-  networks = {'wide': wide, 'thin': thin}
-  report = report_lib.build_report(results, REPORT_KEYS, networks, sample)
+    results = _run_stages(config, exp, stage_kwargs)
+  networks = {'wide': exp.wide, 'thin': exp.thin}
+  report = report_lib.build_report(results, REPORT_KEYS, networks, exp.sample)
   if jax.process_index() == 0:
     report_lib.write_report(workdir, report, results, config)
   return report
 
 
-def _run_stages(config, stages, thin, wide, sample, mesh, rules, stage_kwargs
+def _run_stages(config, exp: builders.Experiment, stage_kwargs
                 ) -> dict[str, list[loop.StageResult]]:
   """Runs (or loads) every stage: the wide one once, the thin ones for each seed."""
+  stages, thin, wide = tuple(config.stages), exp.thin, exp.wide
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
   if 'wide' in stages:
@@ -132,7 +122,7 @@ def _run_stages(config, stages, thin, wide, sample, mesh, rules, stage_kwargs
     results['wide'] = [wide_result]
     teacher = wide_result.variables
   elif any(s in config_lib.NEEDS_TEACHER for s in stages):
-    teacher = loop.load_stage_output(config.teacher_dir, wide, sample, mesh, rules)
+    teacher = loop.load_stage_output(config.teacher_dir, wide, exp.sample, exp.mesh, exp.rules)
     done = loop.read_result(config.teacher_dir)
     if done is not None:
       results['wide'] = [loop.StageResult('wide', teacher, done['metrics'], done['history'],

@@ -85,7 +85,7 @@ class StageResult:
   curve_metric: str
 
 
-def _sample_batch(data) -> dict[str, np.ndarray]:
+def sample_batch(data) -> dict[str, np.ndarray]:
   """A one-example batch for initialization (only its shapes matter)."""
   return {'image': np.zeros((1,) + tuple(data.info.image_shape), np.float32),
           'label': np.zeros((1,), np.int32)}
@@ -256,7 +256,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     NonFiniteError: a NaN or Inf in the loss or gradients under the 'stop' policy.
     checkpoint_lib.CheckpointError: a checkpoint could not be written.
   """
-  sample = _sample_batch(data)
+  sample = sample_batch(data)
   method = spec.method
   phases = list(method.phases())
   total_steps = sum(p.steps for p in phases)
