@@ -113,22 +113,26 @@ def _plot(path: str, results, config) -> None:
   for stage, runs in results.items():
     if stage == 'imitate':
       for i, run in enumerate(runs):
-        ax_imi.plot([h['step'] for h in run.history],
-                    [h['metrics']['imitation_loss'] for h in run.history], 'o-', ms=3,
-                    color='tab:red', label='imitation loss (current point)' if i == 0 else None)
+        steps = [h['step'] for h in run.history]
+        ax_imi.plot(steps, [h['metrics']['imitation_loss'] for h in run.history], 'o',
+                    color='tab:red', label='eval MSE of the phase\'s point' if i == 0 else None)
+        if i == 0:
+          for h in run.history:
+            ax_imi.annotate(h['phase'], (h['step'], h['metrics']['imitation_loss']),
+                            textcoords='offset points', xytext=(0, 6), ha='center', fontsize=7)
       continue
     for i, run in enumerate(runs):
       offset = imitate_steps[i] if stage in ('finetune', 'probe') and imitate_steps else 0
       steps = [h['step'] + offset for h in run.history]
       values = [h['metrics'].get('accuracy', np.nan) for h in run.history]
-      ax_acc.plot(steps, values, '-', color=colors.get(stage), alpha=0.8,
+      ax_acc.plot(steps, values, 'o-', ms=3, color=colors.get(stage), alpha=0.8,
                   label=labels.get(stage, stage) if i == 0 else None)
   ax_acc.set_xlabel('training steps of the network (thin: imitation steps counted)')
   ax_acc.set_ylabel('eval accuracy')
   ax_acc.set_title('eval accuracy')
   ax_acc.grid(alpha=0.3)
   ax_acc.legend()
-  ax_imi.set_xlabel('imitation step (one phase per point)')
+  ax_imi.set_xlabel('imitation step (one phase per point, bottom to top)')
   ax_imi.set_ylabel('eval MSE')
   ax_imi.set_yscale('log')
   ax_imi.set_title('stage 2: layerwise imitation')
