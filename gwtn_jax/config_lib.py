@@ -212,7 +212,8 @@ def check_workdir(workdir: str) -> None:
   """
   if '://' in workdir:
     return
-  probe = os.path.join(workdir, '.gwtn_write_probe')
+  # One probe per process: the processes of a multi-host run share the workdir.
+  probe = os.path.join(workdir, f'.gwtn_write_probe.{os.getpid()}.{os.uname().nodename}')
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:

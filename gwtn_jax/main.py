@@ -26,6 +26,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and the
 _START_OVER = flags.DEFINE_bool(
     'start_over', False, 'Set a previous run in --workdir aside (moved to previous-<time>/, '
     'never deleted) and start anew, e.g. after changing the config.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'host:port of process 0, for multi-process runs outside Cloud TPU '
+    '(a TPU pod slice finds it itself). Also GWTN_COORDINATOR_ADDRESS.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'This process in a multi-process run.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -62,6 +67,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # Imported here so that `--help` and flag errors do not wait for JAX.
   import jax  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax import pipeline  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
