@@ -81,13 +81,13 @@ def _batch_norm(train: bool, name: str, momentum: float, epsilon: float, dtype: 
       name=name)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs with BN and ReLU, plus a shortcut.
+class _ResidualBlock(nn.Module):
+  """What both block kinds share: their fields, the BatchNorm/conv factories, the shortcut.
 
   Attributes:
-    features: width of the first conv.
-    out_features: output width; ``None`` means ``features``.
-    strides: stride of the first conv (and of the projection shortcut).
+    features: the block's base width (basic: the first conv; bottleneck: the inner 1x1/3x3).
+    out_features: output width; ``None`` means ``expansion * features``.
+    strides: the block's stride (and the projection shortcut's).
     dtype: compute dtype.
     param_dtype: parameter dtype.
     bn_momentum: BatchNorm running-average momentum.
@@ -105,6 +105,24 @@ class BasicBlock(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
+  def _layers(self, train: bool):
+    bn = functools.partial(_batch_norm, train, momentum=self.bn_momentum,
+                           epsilon=self.bn_epsilon, dtype=self.dtype,
+                           param_dtype=self.param_dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    return bn, conv, self.out_features or self.features * self.expansion
+
+  def _residual(self, x, y, out: int, bn, conv):
+    if self.strides != 1 or x.shape[-1] != out:
+      x = bn('proj_bn')(conv(out, 1, self.strides, 'proj_conv')(x))
+    return nn.relu(x + y)
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3x3 convs with BN and ReLU, plus a shortcut (fields: see _ResidualBlock)."""
+
+  expansion: ClassVar[int] = 1
+
   @nn.compact
   def __call__(self, x, train: bool = True):
     """Applies the block.
@@ -116,43 +134,22 @@ class BasicBlock(nn.Module):
     Returns:
       [B, H / strides, W / strides, out_features] feature map.
     """
-    out = self.out_features or self.features
-    bn = functools.partial(_batch_norm, train, momentum=self.bn_momentum,
-                           epsilon=self.bn_epsilon, dtype=self.dtype,
-                           param_dtype=self.param_dtype)
-    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    bn, conv, out = self._layers(train)
     y = conv(self.features, 3, self.strides, 'conv1')(x)
     y = nn.relu(bn('bn1')(y))
     y = conv(out, 3, 1, 'conv2')(y)
     # Zero scale makes the block start as the identity (Goyal et al., 2017).
     y = bn('bn2', zero_scale=True)(y)
-    if self.strides != 1 or x.shape[-1] != out:
-      x = bn('proj_bn')(conv(out, 1, self.strides, 'proj_conv')(x))
-    return nn.relu(x + y)
+    return self._residual(x, y, out, bn, conv)
 
 
-class BottleneckBlock(nn.Module):
-  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (strided) -> 1x1, plus a shortcut.
+class BottleneckBlock(_ResidualBlock):
+  """ResNet v1.5 bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (x4), plus a shortcut.
 
-  Attributes:
-    features: inner width (of the 1x1 and 3x3 convs).
-    out_features: output width; ``None`` means ``4 * features``.
-    strides: stride of the 3x3 conv (and of the projection shortcut).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    bn_momentum: BatchNorm running-average momentum.
-    bn_epsilon: BatchNorm epsilon.
+  `features` is the inner width (of the 1x1 and 3x3 convs); fields: see _ResidualBlock.
   """
 
   expansion: ClassVar[int] = 4
-
-  features: int
-  out_features: Optional[int] = None
-  strides: int = 1
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -165,17 +162,11 @@ class BottleneckBlock(nn.Module):
     Returns:
       [B, H / strides, W / strides, out_features] feature map.
     """
-    out = self.out_features or self.features * self.expansion
-    bn = functools.partial(_batch_norm, train, momentum=self.bn_momentum,
-                           epsilon=self.bn_epsilon, dtype=self.dtype,
-                           param_dtype=self.param_dtype)
-    conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    bn, conv, out = self._layers(train)
     y = nn.relu(bn('bn1')(conv(self.features, 1, 1, 'conv1')(x)))
     y = nn.relu(bn('bn2')(conv(self.features, 3, self.strides, 'conv2')(y)))
     y = bn('bn3', zero_scale=True)(conv(out, 1, 1, 'conv3')(y))
-    if self.strides != 1 or x.shape[-1] != out:
-      x = bn('proj_bn')(conv(out, 1, self.strides, 'proj_conv')(x))
-    return nn.relu(x + y)
+    return self._residual(x, y, out, bn, conv)
 
 
 @dataclasses.dataclass(frozen=True)
