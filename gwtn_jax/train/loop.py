@@ -205,7 +205,7 @@ class _NonFiniteCheck:
           f'{self.name}: non-finite {" and ".join(bad)} at step {step} (loss {metrics["loss"]}, '
           f'gradient norm {metrics["grad_norm"]}); stopped without saving it: {where}. '
           'Lower the learning rate or set on_nonfinite=skip')
-    return [m for (_, _), m in zip(pending, fetched)]
+    return fetched
 
 
 class _Evaluator:
