@@ -6,13 +6,17 @@ Both must be set before the first JAX operation, so they live here.
 import os
 
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', '/tmp/gwtn_jax_test_compile_cache')
+# Cache every compile, small ones too: the tests that restart `gwtn_jax.main` (kills, signals,
+# two processes) then compile each step once per suite. Subprocesses inherit both variables.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 import tiny_config as tiny_config_file  # pylint: disable=g-import-not-at-top
 
