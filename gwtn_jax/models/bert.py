@@ -1,0 +1,588 @@
+"""BERT (Devlin et al., 2019) that exposes every imitated point.
+
+The encoder of BERT with its pre-training heads (masked LM, next-sentence prediction) and an
+optional sequence-classification head, in the layout of the original BERT, so that
+parameter counts match it exactly (BERT-Base with its NSP and MLM heads: 110,106,428).
+
+For imitation (Go Wide, Then Narrow) the model:
+
+* sows the embedding output ('embeddings') and every encoder layer output ('layer_1' ..
+  'layer_L', 1-based) into the ``intermediates`` collection at the top-level module, so a
+  loss reads names rather than positions. With ``scan_layers=True`` the layer outputs are
+  sown stacked as one entry, 'layers' [L, B, T, H]; :func:`layer_outputs` gives the same
+  name -> array dict in both modes;
+* can stop after a point (``stop_at``): later layers are not traced at all (under
+  ``scan_layers`` the scan runs over the first k slices of the stacked parameters).
+
+``width_multiplier`` makes the wide network of GWTN: it scales the hidden size, the number of
+heads (the head size stays ``head_size``) and the FFN size; 4/3 turns BERT-Base into
+BERT-Large width at BERT-Base depth. A multiplier that gives a non-integer count is a config
+error, raised by :meth:`Bert.dims` without init or compile.
+
+Parameter layout (names are part of the interface)::
+
+    params/embedder/{word,position,token_type,norm}
+    params/encoder_layer_{i}/{attention/{query,key,value,out},attention_norm,
+                              mlp/{wi,wo},mlp_norm}          (unrolled, i 1-based)
+    params/encoder/...  the same, stacked on a leading 'layers' axis (scan_layers=True)
+    params/final_norm                                        (pre_layer_norm=True only)
+    params/mlm_head/{transform,norm,output_bias}             (output tied to embedder/word)
+    params/pooler, params/nsp, params/classifier             (when nsp_head / num_classes)
+
+Modules are not named after their points: Flax forbids a child module and a sown variable of
+the same name in one scope, and the sown names must be the point names.
+
+This module knows nothing of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Logical axis names used by the parameters (mapped to mesh axes by rules in the config).
+# The position and token-type tables' first axis is unnamed (None): they are small.
+LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv', 'mlp', 'classes', 'layers')
+HEADS = ('mlm', 'nsp', 'classify', 'none')
+
+_INIT_STD = 0.02  # BERT's truncated-normal initializer range
+
+
+def _init(axes):
+  return nn.with_logical_partitioning(nn.initializers.truncated_normal(_INIT_STD), axes)
+
+
+def _zeros(axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros, axes)
+
+
+def _ones(axes):
+  return nn.with_logical_partitioning(nn.initializers.ones, axes)
+
+
+def _layer_norm(eps: float, dtype: Any, param_dtype: Any, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                      scale_init=_ones(('embed',)), bias_init=_zeros(('embed',)), name=name)
+
+
+def _dense(features: int, kernel_axes, dtype: Any, param_dtype: Any, name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
+                  kernel_init=_init(kernel_axes), bias_init=_zeros(kernel_axes[-1:]),
+                  name=name)
+
+
+def layer_module_name(i: int) -> str:
+  """The submodule (params key) of encoder layer ``i`` (1-based) in unrolled mode."""
+  return f'encoder_layer_{i}'
+
+
+@dataclasses.dataclass(frozen=True)
+class BertDims:
+  """Effective sizes of a Bert after the width multiplier, known before any init.
+
+  Attributes:
+    hidden: hidden size (width of every point).
+    num_heads: attention heads.
+    head_size: width of one head.
+    intermediate: FFN inner size.
+    num_layers: encoder layers.
+  """
+  hidden: int
+  num_heads: int
+  head_size: int
+  intermediate: int
+  num_layers: int
+
+
+class BertEmbeddings(nn.Module):
+  """Word + position + token-type embeddings, (post-LN only) LayerNorm, dropout."""
+
+  vocab_size: int
+  hidden: int
+  max_position: int
+  type_vocab_size: int
+  dropout_rate: float
+  layer_norm_eps: float
+  pre_layer_norm: bool
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    embed = functools.partial(nn.Embed, features=self.hidden, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
+    self.word = embed(self.vocab_size, embedding_init=_init(('vocab', 'embed')))
+    self.position = embed(self.max_position, embedding_init=_init((None, 'embed')))
+    self.token_type = embed(self.type_vocab_size, embedding_init=_init((None, 'embed')))
+    # Pre-LN transformers normalize inside every layer and once at the end instead.
+    if not self.pre_layer_norm:
+      self.norm = _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, 'norm')
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+    if not self.pre_layer_norm:
+      x = self.norm(x)
+    return self.dropout(x, deterministic=deterministic)
+
+  def attend(self, x):
+    """Logits against the word-embedding matrix (the tied MLM output)."""
+    return self.word.attend(x)
+
+
+class BertLayer(nn.Module):
+  """One transformer encoder layer: self-attention and a GELU FFN, each with a residual.
+
+  Post-LN (BERT): x = LN(x + f(x)). Pre-LN: x = x + f(LN(x)).
+  ``deterministic`` is a field (not a call argument) so that nn.scan and nn.remat see only
+  arrays.
+  """
+
+  hidden: int
+  num_heads: int
+  head_size: int
+  intermediate: int
+  dropout_rate: float
+  attention_dropout_rate: float
+  layer_norm_eps: float
+  pre_layer_norm: bool
+  deterministic: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):
+    """Applies the layer.
+
+    Args:
+      x: [B, T, H] hidden states.
+      mask: [B, 1, 1, T] boolean attention mask (False: key position masked out).
+
+    Returns:
+      [B, T, H] hidden states.
+    """
+    norm = functools.partial(_layer_norm, self.layer_norm_eps, self.dtype, self.param_dtype)
+    dropout = nn.Dropout(self.dropout_rate)
+
+    # Self-attention.
+    y = norm('attention_norm')(x) if self.pre_layer_norm else x
+    y = self._attention(y, mask)
+    y = dropout(y, deterministic=self.deterministic)
+    x = x + y
+    if not self.pre_layer_norm:
+      x = norm('attention_norm')(x)
+
+    # FFN.
+    y = norm('mlp_norm')(x) if self.pre_layer_norm else x
+    y = _Mlp(self.hidden, self.intermediate, self.dtype, self.param_dtype, name='mlp')(y)
+    y = dropout(y, deterministic=self.deterministic)
+    x = x + y
+    if not self.pre_layer_norm:
+      x = norm('mlp_norm')(x)
+    return x
+
+  def _attention(self, x, mask):
+    return _SelfAttention(
+        num_heads=self.num_heads, head_size=self.head_size, hidden=self.hidden,
+        dropout_rate=self.attention_dropout_rate, deterministic=self.deterministic,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='attention')(x, mask)
+
+
+class _SelfAttention(nn.Module):
+  """Multi-head self-attention; q/k/v kernels [embed, heads, kv], out [heads, kv, embed]."""
+
+  num_heads: int
+  head_size: int
+  hidden: int
+  dropout_rate: float
+  deterministic: bool
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask):
+    proj = functools.partial(
+        nn.DenseGeneral, features=(self.num_heads, self.head_size), axis=-1,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_init(('embed', 'heads', 'kv')), bias_init=_zeros(('heads', 'kv')))
+    q, k, v = proj(name='query')(x), proj(name='key')(x), proj(name='value')(x)
+    use_dropout = not self.deterministic and self.dropout_rate > 0
+    y = nn.dot_product_attention(
+        q, k, v, mask=mask, dropout_rate=self.dropout_rate,
+        dropout_rng=self.make_rng('dropout') if use_dropout else None,
+        deterministic=not use_dropout, dtype=self.dtype,
+        # A bf16 softmax over long sequences loses the small probabilities.
+        force_fp32_for_softmax=True)
+    return nn.DenseGeneral(
+        self.hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_init(('heads', 'kv', 'embed')), bias_init=_zeros(('embed',)),
+        name='out')(y)
+
+
+class _Mlp(nn.Module):
+  """The FFN: Dense 'wi' [embed, mlp], exact GELU, Dense 'wo' [mlp, embed]."""
+
+  hidden: int
+  intermediate: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = _dense(self.intermediate, ('embed', 'mlp'), self.dtype, self.param_dtype, 'wi')(x)
+    x = nn.gelu(x, approximate=False)
+    return _dense(self.hidden, ('mlp', 'embed'), self.dtype, self.param_dtype, 'wo')(x)
+
+
+class _ScanLayer(BertLayer):
+  """BertLayer with nn.scan's (carry, x) -> (carry, y) signature; y is the layer output."""
+
+  @nn.compact
+  def __call__(self, x, mask):
+    x = super().__call__(x, mask)
+    return x, x
+
+
+class MlmHead(nn.Module):
+  """Dense + GELU + LayerNorm, then logits tied to the word embeddings, plus a bias."""
+
+  vocab_size: int
+  hidden: int
+  layer_norm_eps: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, attend: Callable[[Any], Any]):
+    """Args: x [B, T, H]; attend: the word embedding's ``attend``. Returns [B, T, V] f32."""
+    x = _dense(self.hidden, ('embed', 'mlp'), self.dtype, self.param_dtype, 'transform')(x)
+    x = nn.gelu(x, approximate=False)
+    x = _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, 'norm')(x)
+    bias = self.param('output_bias', _zeros(('vocab',)), (self.vocab_size,),
+                      self.param_dtype)
+    return attend(x).astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+class Bert(nn.Module):
+  """BERT encoder with MLM / NSP / classification heads and named imitation points.
+
+  Attributes:
+    vocab_size: word-piece vocabulary size.
+    hidden_size: hidden size before the width multiplier.
+    num_layers: encoder layers.
+    num_heads: attention heads before the width multiplier; must equal
+      hidden_size / head_size.
+    intermediate_size: FFN inner size before the width multiplier.
+    max_position: longest sequence (rows of the position table).
+    type_vocab_size: token types (segments).
+    dropout_rate: dropout on embeddings and on every residual branch.
+    attention_dropout_rate: dropout on attention probabilities.
+    layer_norm_eps: LayerNorm epsilon.
+    pre_layer_norm: False: post-LN as in BERT (LayerNorm after each residual add and on the
+      embeddings). True: pre-LN (LayerNorm before each branch, none on the embeddings, one
+      final LayerNorm 'final_norm' after the last layer; the sown layer outputs are the raw
+      residual streams, the final norm is applied only to what the heads read).
+    width_multiplier: GWTN widening: scales hidden size, heads and FFN size.
+    head_size: width of one attention head (fixed under widening).
+    nsp_head: add the pooler and the 2-way next-sentence head.
+    num_classes: > 0 adds a sequence-classification head on the pooler.
+    scan_layers: run the layers under nn.scan (parameters stacked on a leading 'layers'
+      axis; the per-layer outputs are sown stacked as 'layers').
+    remat: rematerialize each layer in the backward pass (nn.remat).
+    dtype: compute dtype (bfloat16 on TPU); logits are float32 whatever it is.
+    param_dtype: parameter dtype.
+  """
+
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  max_position: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  pre_layer_norm: bool = False
+  width_multiplier: float = 1.0
+  head_size: int = 64
+  nsp_head: bool = False
+  num_classes: int = 0
+  scan_layers: bool = False
+  remat: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  # --- Static description (no init, no compile) -------------------------------------------
+
+  def dims(self) -> BertDims:
+    """Validates the configuration and returns the effective sizes.
+
+    Callable on an unbound module, so a config validator can run it before any compile.
+
+    Returns:
+      The BertDims.
+
+    Raises:
+      ValueError: one line naming the offending ``model.*`` field, e.g. a width multiplier
+        that gives a non-integer number of heads.
+    """
+    for field in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                  'intermediate_size', 'max_position', 'type_vocab_size', 'head_size'):
+      value = getattr(self, field)
+      if int(value) != value or value < 1:
+        raise ValueError(f'model.{field}={value!r} must be a positive integer')
+    if self.num_heads * self.head_size != self.hidden_size:
+      raise ValueError(f'model.num_heads={self.num_heads} times model.head_size='
+                       f'{self.head_size} must equal model.hidden_size={self.hidden_size}')
+    if self.num_classes < 0 or int(self.num_classes) != self.num_classes:
+      raise ValueError(f'model.num_classes={self.num_classes!r} must be a non-negative '
+                       'integer')
+    w = self.width_multiplier
+    if not w > 0:
+      raise ValueError(f'model.width_multiplier={w} must be positive')
+    hidden = self.hidden_size * w
+    heads = hidden / self.head_size
+    # A tolerance, because e.g. 768 * (4 / 3) is not exactly 1024 in floating point.
+    if abs(heads - round(heads)) > 1e-6 or round(heads) < 1:
+      raise ValueError(
+          f'model.width_multiplier={w:g} gives {hidden:g} hidden units (must be an integer '
+          f'multiple of the head size {self.head_size})')
+    ffn = self.intermediate_size * w
+    if abs(ffn - round(ffn)) > 1e-6:
+      raise ValueError(f'model.width_multiplier={w:g} gives {ffn:g} FFN units (must be an '
+                       'integer)')
+    heads = int(round(heads))
+    return BertDims(hidden=heads * self.head_size, num_heads=heads,
+                    head_size=self.head_size, intermediate=int(round(ffn)),
+                    num_layers=self.num_layers)
+
+  def point_names(self) -> tuple[str, ...]:
+    """All imitation points, bottom to top: ('embeddings', 'layer_1', ..., 'layer_L')."""
+    return ('embeddings',) + tuple(f'layer_{i + 1}' for i in range(self.num_layers))
+
+  def point_channels(self) -> dict[str, int]:
+    """Width (last axis) of every point's output, for sizing projections."""
+    hidden = self.dims().hidden
+    return {name: hidden for name in self.point_names()}
+
+  def point_modules(self, name: str) -> tuple[str, ...]:
+    """Names of the top-level submodules (keys of ``params``) that compute a point.
+
+    Under ``scan_layers`` every layer lives in 'encoder' (slice its leading axis).
+
+    Raises:
+      ValueError: unknown point.
+    """
+    index = self._point_index(name, 'point')
+    if index == 0:
+      return ('embedder',)
+    return ('encoder',) if self.scan_layers else (layer_module_name(index),)
+
+  def _point_index(self, name: str, arg: str) -> int:
+    names = self.point_names()
+    if name not in names:
+      raise ValueError(f'{arg}={name!r} is not a point of this model; valid points: '
+                       f'{", ".join(names)}')
+    return names.index(name)
+
+  # --- Forward -------------------------------------------------------------------------------
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+               train: bool = False, stop_at: Optional[str] = None, head: str = 'mlm'):
+    """Runs the network, or its bottom up to a point.
+
+    Every computed point is sown into ``intermediates`` (as a 1-tuple): 'embeddings', and
+    'layer_i' (unrolled) or the stacked 'layers' (scan); read them with
+    :func:`layer_outputs`. ``train``, ``stop_at`` and ``head`` pick the graph, so they must
+    be static. Initialize with a head that creates every parameter you need: 'mlm' creates
+    the MLM head, the pooler and NSP head (``nsp_head``) and the classifier
+    (``num_classes``); 'nsp' / 'classify' create only the pooler and their head.
+
+    Args:
+      input_ids: [B, T] int token ids.
+      token_type_ids: [B, T] int segment ids; zeros when None.
+      attention_mask: [B, T], 1 for real tokens and 0 for padding; all ones when None.
+      train: enables dropout (needs the 'dropout' rng).
+      stop_at: a point name; nothing after it runs and its [B, T, H] output (in ``dtype``)
+        is returned.
+      head: 'mlm' ([B, T, vocab] logits), 'nsp' ([B, 2]), 'classify' ([B, num_classes]) or
+        'none' (the final [B, T, H] hidden states, after 'final_norm' when pre-LN).
+
+    Returns:
+      float32 logits of ``head``, or the hidden states described above.
+
+    Raises:
+      ValueError: bad configuration, unknown point or head, or a head that is not enabled.
+    """
+    d = self.dims()
+    if head not in HEADS:
+      raise ValueError(f'head={head!r} is unknown; choose one of: {", ".join(HEADS)}')
+    if head == 'nsp' and not self.nsp_head:
+      raise ValueError("head='nsp' needs model.nsp_head=True")
+    if head == 'classify' and self.num_classes == 0:
+      raise ValueError("head='classify' needs model.num_classes > 0")
+    stop = None if stop_at is None else self._point_index(stop_at, 'stop_at')
+    if input_ids.ndim != 2:
+      raise ValueError(f'expected [B, T] input_ids, got shape {input_ids.shape}')
+    if input_ids.shape[1] > self.max_position:
+      raise ValueError(f'sequence length {input_ids.shape[1]} exceeds '
+                       f'model.max_position={self.max_position}')
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    mask = (attention_mask > 0)[:, None, None, :]
+    deterministic = not train
+
+    embedder = BertEmbeddings(
+        vocab_size=self.vocab_size, hidden=d.hidden, max_position=self.max_position,
+        type_vocab_size=self.type_vocab_size, dropout_rate=self.dropout_rate,
+        layer_norm_eps=self.layer_norm_eps, pre_layer_norm=self.pre_layer_norm,
+        dtype=self.dtype, param_dtype=self.param_dtype, name='embedder')
+    x = embedder(input_ids, token_type_ids, deterministic)
+    self.sow('intermediates', 'embeddings', x)
+    if stop == 0:
+      return x
+
+    layer_kwargs = dict(
+        hidden=d.hidden, num_heads=d.num_heads, head_size=d.head_size,
+        intermediate=d.intermediate, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        layer_norm_eps=self.layer_norm_eps, pre_layer_norm=self.pre_layer_norm,
+        deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
+    last = self.num_layers if stop is None else stop  # layers 1..last run
+    if self.scan_layers:
+      x = self._scan(x, mask, last, layer_kwargs)
+    else:
+      layer_cls = nn.remat(BertLayer) if self.remat else BertLayer
+      for i in range(1, last + 1):
+        x = layer_cls(**layer_kwargs, name=layer_module_name(i))(x, mask)
+        self.sow('intermediates', f'layer_{i}', x)
+    if stop is not None:
+      return x
+
+    if self.pre_layer_norm:
+      x = _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, 'final_norm')(x)
+    if head == 'none':
+      return x
+
+    outputs = {}
+    if head == 'mlm':
+      outputs['mlm'] = MlmHead(
+          vocab_size=self.vocab_size, hidden=d.hidden, layer_norm_eps=self.layer_norm_eps,
+          dtype=self.dtype, param_dtype=self.param_dtype, name='mlm_head')(
+              x, embedder.attend)
+    # At init ('mlm') every enabled head is created, so one init serves every head.
+    want_nsp = head == 'nsp' or (head == 'mlm' and self.nsp_head and self.is_initializing())
+    want_cls = head == 'classify' or (
+        head == 'mlm' and self.num_classes > 0 and self.is_initializing())
+    if want_nsp or want_cls:
+      pooled = nn.tanh(_dense(d.hidden, ('embed', 'mlp'), self.dtype, self.param_dtype,
+                              'pooler')(x[:, 0]))
+      if want_nsp:
+        outputs['nsp'] = _dense(2, ('embed', 'classes'), self.dtype, self.param_dtype,
+                                'nsp')(pooled).astype(jnp.float32)
+      if want_cls:
+        pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+        outputs['classify'] = _dense(self.num_classes, ('embed', 'classes'), self.dtype,
+                                     self.param_dtype, 'classifier')(pooled).astype(
+                                         jnp.float32)
+    return outputs[head]
+
+  def _scan(self, x, mask, last: int, layer_kwargs: Mapping[str, Any]):
+    """Runs layers 1..last under nn.scan and sows their outputs stacked as 'layers'.
+
+    With last < num_layers (stop_at) the scan runs over the first ``last`` slices of the
+    stacked parameters only, so later layers cost nothing. At init it always creates all
+    ``num_layers`` layers.
+    """
+    body = nn.remat(_ScanLayer, prevent_cse=False) if self.remat else _ScanLayer
+    length = self.num_layers if self.is_initializing() else last
+    encoder_cls = nn.scan(
+        body, variable_axes={'params': 0, 'intermediates': 0},
+        split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,),
+        length=length, metadata_params={nn.PARTITION_NAME: 'layers'})
+    if length < self.num_layers:
+      encoder_cls = nn.map_variables(
+          encoder_cls, 'params',
+          trans_in_fn=lambda tree: jax.tree.map(lambda a: a[:length], tree))
+    x, ys = encoder_cls(**layer_kwargs, name='encoder')(x, mask)
+    ys = ys[:last]
+    self.sow('intermediates', 'layers', ys)
+    return x if length == last else ys[-1]
+
+
+def layer_outputs(intermediates: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+  """The sown points as {'embeddings', 'layer_1', ..., 'layer_k'} in both layer modes.
+
+  Args:
+    intermediates: the model's ``intermediates`` collection (values as sown: 1-tuples).
+    num_layers: the model's number of layers (an upper bound: with ``stop_at`` only the
+      computed layers are present).
+
+  Returns:
+    point name -> [B, T, H] array, for every point present.
+  """
+  def unwrap(v):
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+  out = {}
+  if 'embeddings' in intermediates:
+    out['embeddings'] = unwrap(intermediates['embeddings'])
+  if 'layers' in intermediates:
+    stacked = unwrap(intermediates['layers'])
+    for i in range(min(stacked.shape[0], num_layers)):
+      out[f'layer_{i + 1}'] = stacked[i]
+  for i in range(1, num_layers + 1):
+    if f'layer_{i}' in intermediates:
+      out[f'layer_{i}'] = unwrap(intermediates[f'layer_{i}'])
+  return out
+
+
+def check_width(model: Bert) -> None:
+  """Raises the one-line ValueError if ``model``'s configuration is invalid (no init)."""
+  model.dims()
+
+
+# --- Presets -----------------------------------------------------------------------------------
+
+def _preset(layers: int, hidden: int, heads: int, ffn: int) -> Callable[..., Bert]:
+  return functools.partial(Bert, num_layers=layers, hidden_size=hidden, num_heads=heads,
+                           intermediate_size=ffn, head_size=hidden // heads)
+
+
+BERT_PRESETS: dict[str, Callable[..., Bert]] = {
+    'bert_tiny': _preset(2, 128, 2, 512),
+    'bert_mini': _preset(4, 256, 4, 1024),
+    'bert_small': _preset(4, 512, 8, 2048),
+    'bert_medium': _preset(8, 512, 8, 2048),
+    'bert_base': _preset(12, 768, 12, 3072),
+    'bert_large': _preset(24, 1024, 16, 4096),
+}
+
+
+def get_bert(name: str, **overrides) -> Bert:
+  """Builds a registered BERT.
+
+  Args:
+    name: a key of BERT_PRESETS ('bert_base'; the short 'base' works too).
+    **overrides: Bert fields (``vocab_size`` is required), overriding the preset.
+
+  Returns:
+    The unbound Bert.
+
+  Raises:
+    ValueError: unknown name.
+  """
+  key = name if name in BERT_PRESETS else f'bert_{name}'
+  if key not in BERT_PRESETS:
+    raise ValueError(f'model.name={name!r} is unknown; choose one of: '
+                     f'{", ".join(BERT_PRESETS)}')
+  return BERT_PRESETS[key](**overrides)
