@@ -20,7 +20,7 @@ from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import loop
 from gwtn_jax.methods import base
 from gwtn_jax.methods.distill import Distill
-from gwtn_jax.methods.imitation import Imitation
+from gwtn_jax.methods import imitation
 from gwtn_jax.methods.supervised import Supervised
 
 ROLES = ('thin', 'wide')
@@ -63,8 +63,8 @@ def build_method(config, stage: str, thin, wide) -> tuple[base.Method, object]:
   if stage == 'wide':
     return Supervised(wide, config.wide.steps), wide
   if stage == 'imitate':
-    return Imitation(thin, wide, config.imitate), thin
-  num_points = len(Imitation(thin, wide, config.imitate).points)
+    return imitation.Imitation(thin, wide, config.imitate), thin
+  num_points = len(imitation.imitated_points(thin, wide, config.imitate))
   steps = config_lib.stage_steps(config, stage, num_points)
   if stage == 'thin_scratch':
     return Supervised(thin, steps), thin

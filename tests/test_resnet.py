@@ -14,7 +14,6 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gwtn_jax.models import MODELS, ResNet, get_model
-from gwtn_jax.models import resnet
 
 
 def abstract_variables(model, shape=(1, 32, 32, 3), **kwargs):
@@ -127,7 +126,7 @@ def test_non_integer_width_is_a_one_line_config_error(name, width, count):
   model = get_model(name, num_classes=10, width_multiplier=width)
   with pytest.raises(ValueError, match=rf'model.width_multiplier={width} gives {count} '
                                        'channels') as info:
-    resnet.check_width(model)  # unbound: no init, no compile
+    model.channel_plan()  # unbound: no init, no compile
   assert '\n' not in str(info.value)
   with pytest.raises(ValueError, match='width_multiplier'):
     model.point_channels()

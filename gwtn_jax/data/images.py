@@ -36,11 +36,9 @@ exactly once over all processes and every process yields the same number of batc
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
-import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
@@ -48,6 +46,7 @@ import numpy as np
 
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import idx as idx_lib
+from gwtn_jax.data import sampling
 
 DEFAULT_IDX_DIR = '/usr/share/datasets/fashion-mnist'
 TFDS_NAMES = ('fashion_mnist', 'cifar10', 'imagenet2012')
@@ -73,7 +72,6 @@ _AUGMENT_SALT = 1
 _SYNTHETIC_SALT = 2
 
 # Train iterators are endless; a MapDataset needs a length, so use one no run reaches.
-_FOREVER = 1 << 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,26 +360,6 @@ class _TfdsSource:
 Transform = Callable[[Any, np.ndarray], np.ndarray]
 
 
-class _EpochPermutations:
-  """perm_e = default_rng([seed, e]).permutation(n), the last few kept (thread-safe)."""
-
-  def __init__(self, n: int, seed: int, keep: int = 4):
-    self._n, self._seed, self._keep = n, seed % (1 << 64), keep
-    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-    self._lock = threading.Lock()
-
-  def __call__(self, epoch: int) -> np.ndarray:
-    with self._lock:
-      perm = self._cache.get(epoch)
-    if perm is None:
-      perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
-      with self._lock:
-        self._cache[epoch] = perm
-        while len(self._cache) > self._keep:
-          self._cache.popitem(last=False)
-    return perm
-
-
 class ImageData:
   """One image dataset's train and eval pipelines for one process. Built by
   `build_image_data`.
@@ -396,9 +374,7 @@ class ImageData:
                mean: Sequence[float], std: Sequence[float],
                read_options: grain.ReadOptions, process_index: int = 0,
                process_count: int = 1):
-    if not 0 <= process_index < process_count:
-      raise ValueError(f'process_index={process_index} is not in '
-                       f'[0, process_count={process_count})')
+    self._slices = sampling.ProcessSlices(process_index, process_count, 'examples')
     self.info = info
     self.process_index, self.process_count = process_index, process_count
     self._train, self._eval = train_source, eval_source
@@ -406,18 +382,6 @@ class ImageData:
     self._mean = np.asarray(mean, np.float32)
     self._std = np.asarray(std, np.float32)
     self._read_options = read_options
-
-  def _local_batch_size(self, global_batch_size: int) -> int:
-    if global_batch_size <= 0 or global_batch_size % self.process_count:
-      raise ValueError(
-          f'global_batch_size={global_batch_size} must be a positive multiple of '
-          f'process_count={self.process_count} (each process reads '
-          'global_batch_size / process_count examples per step)')
-    return global_batch_size // self.process_count
-
-  def _positions(self, step: int, global_batch_size: int, local: int) -> np.ndarray:
-    start = step * global_batch_size + self.process_index * local
-    return np.arange(start, start + local, dtype=np.int64)
 
   def _read(self, source, indices: np.ndarray, split: str):
     images, labels = source.read(indices)
@@ -445,31 +409,23 @@ class ImageData:
       An iterator of {'image': float32 [B, H, W, C] normalized, 'label': int32 [B]},
       B = global_batch_size / process_count.
     """
-    local = self._local_batch_size(global_batch_size)
-    if start_step < 0:
-      raise ValueError(f'start_step={start_step} must be >= 0')
+    self._slices.local_batch_size(global_batch_size)  # refused before any batch is built
     n = self._train.num_examples
-    perms = _EpochPermutations(n, seed)
+    perms = sampling.EpochPermutations(n, seed)
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
-      positions = self._positions(step, global_batch_size, local)
-      epochs, within = np.divmod(positions, n)
-      indices = np.empty_like(positions)
-      for epoch in np.unique(epochs):
-        sel = epochs == epoch
-        indices[sel] = perms(int(epoch))[within[sel]]
+      positions = self._slices.positions(step, global_batch_size)
+      indices = perms.indices(positions)
       images, labels = self._read(self._train, indices, 'train')
       keys = aug.example_keys(seed, positions, salt=_AUGMENT_SALT)
       images = self._train_transform(images, keys)
       return {'image': aug.normalize(images, self._mean, self._std), 'label': labels}
 
-    ds = grain.MapDataset.range(start_step, start_step + _FOREVER).map(make_batch)
-    return iter(ds.to_iter_dataset(self._read_options))
+    return sampling.train_steps(make_batch, start_step, self._read_options)
 
   def num_eval_batches(self, global_batch_size: int) -> int:
     """Global batches in one pass over the eval split (the last one padded)."""
-    self._local_batch_size(global_batch_size)
-    return -(-self._eval.num_examples // global_batch_size)
+    return self._slices.num_batches(self._eval.num_examples, global_batch_size)
 
   def eval_batches(self, *, global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's slices of one pass over the eval split, in a fixed order.
@@ -479,12 +435,12 @@ class ImageData:
       'label': int32 [B], 'mask': float32 [B]} (mask 1 for real examples, 0 for the
       padding of the last global batch, whose image and label are 0).
     """
-    local = self._local_batch_size(global_batch_size)
+    local = self._slices.local_batch_size(global_batch_size)
     n = self._eval.num_examples
     h, w, c = self.info.image_shape
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
-      positions = self._positions(step, global_batch_size, local)
+      positions = self._slices.positions(step, global_batch_size)
       real = positions < n
       image = np.zeros((local, h, w, c), np.float32)
       label = np.zeros((local,), np.int32)
@@ -494,8 +450,8 @@ class ImageData:
         label[real] = labels
       return {'image': image, 'label': label, 'mask': real.astype(np.float32)}
 
-    ds = grain.MapDataset.range(self.num_eval_batches(global_batch_size)).map(make_batch)
-    return iter(ds.to_iter_dataset(self._read_options))
+    return sampling.eval_steps(make_batch, self.num_eval_batches(global_batch_size),
+                               self._read_options)
 
 
 # ----------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ are all [PAD] with attention_mask 0 and no chosen position).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import os
@@ -51,6 +50,7 @@ import numpy as np
 
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import corpus as corpus_lib
+from gwtn_jax.data import sampling
 
 NAMES = ('shakespeare', 'tfds')
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
@@ -59,7 +59,6 @@ EVAL_SEED = 0  # The fixed masking seed of eval batches.
 MIN_VOCAB_SIZE = 128
 
 _MASK_SALT = 11  # Salt of `augment.example_keys` for the masking hashes.
-_FOREVER = 1 << 40
 _CACHE_VERSION = 1
 
 
@@ -400,26 +399,6 @@ def mask_tokens(input_ids: np.ndarray, keys: np.ndarray, *, mask_rate: float,
 # The pipeline.
 
 
-class _EpochPermutations:
-  """perm_e = default_rng([seed, e]).permutation(n), the last few kept (thread-safe)."""
-
-  def __init__(self, n: int, seed: int, keep: int = 4):
-    self._n, self._seed, self._keep = n, seed % (1 << 64), keep
-    self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-    self._lock = threading.Lock()
-
-  def __call__(self, epoch: int) -> np.ndarray:
-    with self._lock:
-      perm = self._cache.get(epoch)
-    if perm is None:
-      perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
-      with self._lock:
-        self._cache[epoch] = perm
-        while len(self._cache) > self._keep:
-          self._cache.popitem(last=False)
-    return perm
-
-
 class TextData:
   """One text dataset's MLM train and eval pipelines for one process. Built by
   `build_text_data`.
@@ -439,9 +418,7 @@ class TextData:
                documents: Sequence[str], mask_rate: float, special_ids: np.ndarray,
                replace_ids: np.ndarray, read_options: grain.ReadOptions,
                process_index: int = 0, process_count: int = 1):
-    if not 0 <= process_index < process_count:
-      raise ValueError(f'process_index={process_index} is not in '
-                       f'[0, process_count={process_count})')
+    self._slices = sampling.ProcessSlices(process_index, process_count, 'sequences')
     self.info = info
     self.tokenizer, self.vocab_file = tokenizer, vocab_file
     self.train_sequences, self.eval_sequences = train_sequences, eval_sequences
@@ -451,18 +428,6 @@ class TextData:
     self._mask_rate = mask_rate
     self._special_ids, self._replace_ids = special_ids, replace_ids
     self._read_options = read_options
-
-  def _local_batch_size(self, global_batch_size: int) -> int:
-    if global_batch_size <= 0 or global_batch_size % self.process_count:
-      raise ValueError(
-          f'global_batch_size={global_batch_size} must be a positive multiple of '
-          f'process_count={self.process_count} (each process reads '
-          'global_batch_size / process_count sequences per step)')
-    return global_batch_size // self.process_count
-
-  def _positions(self, step: int, global_batch_size: int, local: int) -> np.ndarray:
-    start = step * global_batch_size + self.process_index * local
-    return np.arange(start, start + local, dtype=np.int64)
 
   def _check_ids(self, ids: np.ndarray, split: str, indices: np.ndarray) -> None:
     if ids.size and (ids.min() < 0 or ids.max() >= self.info.vocab_size):
@@ -492,41 +457,33 @@ class TextData:
       process_count; the batches equal those of an iterator from step 0 after
       `start_step` batches.
     """
-    local = self._local_batch_size(global_batch_size)
-    if start_step < 0:
-      raise ValueError(f'start_step={start_step} must be >= 0')
+    self._slices.local_batch_size(global_batch_size)  # refused before any batch is built
     seqs = self.train_sequences
     n = len(seqs)
-    perms = _EpochPermutations(n, seed)
+    perms = sampling.EpochPermutations(n, seed)
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
-      positions = self._positions(step, global_batch_size, local)
-      epochs, within = np.divmod(positions, n)
-      indices = np.empty_like(positions)
-      for epoch in np.unique(epochs):
-        sel = epochs == epoch
-        indices[sel] = perms(int(epoch))[within[sel]]
+      positions = self._slices.positions(step, global_batch_size)
+      indices = perms.indices(positions)
       ids = seqs[indices]
       self._check_ids(ids, 'train', indices)
       return self._example(ids, aug.example_keys(seed, positions, salt=_MASK_SALT))
 
-    ds = grain.MapDataset.range(start_step, start_step + _FOREVER).map(make_batch)
-    return iter(ds.to_iter_dataset(self._read_options))
+    return sampling.train_steps(make_batch, start_step, self._read_options)
 
   def num_eval_batches(self, global_batch_size: int) -> int:
     """Global batches in one pass over the eval sequences (the last one padded)."""
-    self._local_batch_size(global_batch_size)
-    return -(-len(self.eval_sequences) // global_batch_size)
+    return self._slices.num_batches(len(self.eval_sequences), global_batch_size)
 
   def eval_batches(self, *, global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """This process's slices of one pass over the eval sequences, in order, masked
     with the fixed seed `EVAL_SEED`; as `train_batches` plus 'mask' float32 [B]."""
-    local = self._local_batch_size(global_batch_size)
+    local = self._slices.local_batch_size(global_batch_size)
     seqs = self.eval_sequences
     n = len(seqs)
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
-      positions = self._positions(step, global_batch_size, local)
+      positions = self._slices.positions(step, global_batch_size)
       real = positions < n
       ids = np.full((local, self.info.seq_len), self.info.pad_id, np.int32)
       ids[real] = seqs[positions[real]]
@@ -536,8 +493,8 @@ class TextData:
       batch['mask'] = real.astype(np.float32)
       return batch
 
-    ds = grain.MapDataset.range(self.num_eval_batches(global_batch_size)).map(make_batch)
-    return iter(ds.to_iter_dataset(self._read_options))
+    return sampling.eval_steps(make_batch, self.num_eval_batches(global_batch_size),
+                               self._read_options)
 
 
 # ----------------------------------------------------------------------------------

@@ -104,6 +104,10 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
   return (t * t) * kl
 
 
+def batch_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
 def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
   """Sums for eval: the loop adds them over batches and divides by `count`."""
   loss = cross_entropy(logits, labels)

@@ -33,5 +33,5 @@ class Distill(Supervised):
     ce = jnp.mean(base.cross_entropy(logits, batch['label']))
     kd = jnp.mean(base.kd_loss(logits, teacher_logits, self.temperature))
     loss = (1.0 - self.alpha) * ce + self.alpha * kd
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
+    accuracy = base.batch_accuracy(logits, batch['label'])
     return loss, ({'batch_stats': batch_stats}, {'accuracy': accuracy, 'ce': ce, 'kd': kd})

@@ -23,7 +23,6 @@ projections of other points get no update (not even weight decay).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -40,7 +40,7 @@ class Supervised(base.Method):
         self.model, {'params': params, **state}, batch['image'],
         train=self.trainable_modules is None, rng=rng)
     loss = jnp.mean(base.cross_entropy(logits, batch['label']))
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
+    accuracy = base.batch_accuracy(logits, batch['label'])
     return loss, ({'batch_stats': batch_stats}, {'accuracy': accuracy})
 
   def trainable(self, phase, params):

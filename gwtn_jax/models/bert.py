@@ -546,11 +546,6 @@ def layer_outputs(intermediates: Mapping[str, Any], num_layers: int) -> dict[str
   return out
 
 
-def check_width(model: Bert) -> None:
-  """Raises the one-line ValueError if ``model``'s configuration is invalid (no init)."""
-  model.dims()
-
-
 # --- Presets -----------------------------------------------------------------------------------
 
 def _preset(layers: int, hidden: int, heads: int, ffn: int) -> Callable[..., Bert]:

@@ -414,20 +414,6 @@ class ResNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-def check_width(model: ResNet) -> None:
-  """Raises the one-line ValueError if ``model``'s configuration is invalid.
-
-  For config validators: needs no init and no compile.
-
-  Args:
-    model: an unbound ResNet.
-
-  Raises:
-    ValueError: e.g. "model.width_multiplier=0.3 gives 19.2 channels in stage1 (...)".
-  """
-  model.channel_plan()
-
-
 # --- Presets (flax examples/imagenet style) ----------------------------------------------------
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

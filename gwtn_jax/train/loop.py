@@ -279,18 +279,18 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
   os.makedirs(stage_dir, exist_ok=True)
   checkpoints = checkpoint_lib.StageCheckpoints(os.path.join(stage_dir, 'checkpoints'),
                                                 keep=spec.keep_checkpoints)
-  progress = metrics_lib.Progress(spec.name, total_steps, 0, spec.batch_size)
   history: list[dict[str, Any]] = []
   wall_before, skipped = 0.0, 0
   restored = checkpoints.restore_latest_good(abstract)
   if restored is not None:
     state, meta = restored
     history, wall_before, skipped = meta['history'], meta['wall_s'], meta.get('skipped_steps', 0)
-    progress.message(f'resuming at step {int(state.step)}/{total_steps} from {checkpoints.directory}')
   else:
     state = state_lib.create_state(method, tx, rng, sample, init, shardings)
   step = int(state.step)
   progress = metrics_lib.Progress(spec.name, total_steps, step, spec.batch_size)
+  if restored is not None:
+    progress.message(f'resuming at step {step}/{total_steps} from {checkpoints.directory}')
   check = _NonFiniteCheck(spec.name, spec.on_nonfinite, checkpoints, progress, skipped)
   started = time.time()
   wall = lambda: wall_before + time.time() - started
