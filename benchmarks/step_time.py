@@ -3,10 +3,12 @@ r"""Step time and examples/s of each stage's train step, and of the teacher's fo
   python benchmarks/step_time.py --config=configs/fashion_mnist.py
   python benchmarks/step_time.py --config=configs/fashion_mnist.py --steps=50 \
       --config.imitate.inputs=teacher
+  python benchmarks/step_time.py --config=configs/shakespeare_bert.py
 
 Every stage's real step (the one the loop jits, with the config's mesh and shardings) runs on
 the same global batch of real data from the config's dataset. Progressive imitation is shown at
-its first, middle and last phase, since its cost grows with depth. Times are medians over
+its first, middle and last phase, since its cost grows with depth. A BERT config's downstream
+stage is timed for the thin and the wide network, on a batch of the downstream task. Times are medians over
 `--repeats` timed runs of `--steps` steps, after a compile and warm-up.
 """
 
@@ -40,7 +42,6 @@ def _time(fn, steps: int, repeats: int) -> float:
 
 def main(argv):
   del argv
-  import functools  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders, config_lib  # pylint: disable=g-import-not-at-top
@@ -52,14 +53,18 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     config_lib.validate(config, tmp)
   exp = builders.build_experiment(config)
-  mesh, rules, thin, wide, sample = exp.mesh, exp.rules, exp.thin, exp.wide, exp.sample
+  mesh, rules, wide, task = exp.mesh, exp.rules, exp.wide, exp.task
+  sample = task.sample_batch()
   batch_size = config.batch_size
-  batch = mesh_lib.put_global_batch(
-      next(exp.data.train_batches(global_batch_size=batch_size, seed=0)), mesh)
 
-  target = loop.model_abstract_variables(wide, sample, mesh, rules)
+  def first_batch(data):
+    return mesh_lib.put_global_batch(
+        next(data.train_batches(global_batch_size=batch_size, seed=0)), mesh)
+
+  batch = first_batch(exp.data)
+  target = loop.model_abstract_variables(wide, task, mesh, rules)
   teacher_shardings = jax.tree.map(lambda x: x.sharding, target)
-  teacher = jax.jit(lambda r: nn.meta.unbox(wide.init(r, sample['image'], train=False)),
+  teacher = jax.jit(lambda r: nn.meta.unbox(task.init(wide, r, sample)),
                     out_shardings=teacher_shardings)(jax.random.key(0))
 
   print(f'{config.model.name}: thin width {config.thin_width}, wide width {config.wide_width}; '
@@ -69,30 +74,39 @@ def main(argv):
   def row(name, seconds):
     print(f'{name:34s} {1e3 * seconds:9.2f} {batch_size / seconds:11.0f}', flush=True)
 
-  forward = jax.jit(functools.partial(wide.apply, train=False))
+  forward = jax.jit(lambda v, b: task.outputs(wide, v, b, train=False)[0])
   row('teacher forward (wide, inference)',
-      _time(lambda: forward(teacher, batch['image']).block_until_ready(), _STEPS.value,
-            _REPEATS.value))
+      _time(lambda: forward(teacher, batch).block_until_ready(), _STEPS.value, _REPEATS.value))
 
-  for stage in config.stages:
-    method, _ = builders.build_method(config, stage, thin, wide)
+  def methods():
+    for stage in config.stages:
+      if stage == 'downstream':
+        down_batch = first_batch(exp.downstream.data)
+        for role in builders.ROLES:
+          method, _ = builders.build_downstream_method(config, role, exp)
+          yield f'downstream ({role})', stage, method, exp.downstream.task, down_batch
+      else:
+        yield stage, stage, builders.build_method(config, stage, exp)[0], task, batch
+
+  for label, stage, method, stage_task, stage_batch in methods():
+    stage_sample = stage_task.sample_batch()
     phases = list(method.phases())
     if len(phases) > 2:
       phases = [phases[0], phases[len(phases) // 2], phases[-1]]
     tx, _ = optim.make_optimizer(config[stage].optimizer, sum(p.steps for p in method.phases()))
     rng = jax.random.key(0)
-    _, shardings = state_lib.abstract_state(method, tx, rng, sample, None, mesh, rules)
+    _, shardings = state_lib.abstract_state(method, tx, rng, stage_sample, None, mesh, rules)
     uses_teacher = stage in config_lib.NEEDS_TEACHER
     for phase in phases:
-      state = [state_lib.create_state(method, tx, rng, sample, None, shardings)]
+      state = [state_lib.create_state(method, tx, rng, stage_sample, None, shardings)]
       step = loop.jit_train_step(method, phase, tx, rng, mesh, shardings,
                                  teacher_shardings if uses_teacher else None)
 
-      def run(step=step, state=state, uses_teacher=uses_teacher):
-        state[0], metrics = step(state[0], batch, teacher if uses_teacher else None)
+      def run(step=step, state=state, uses_teacher=uses_teacher, stage_batch=stage_batch):
+        state[0], metrics = step(state[0], stage_batch, teacher if uses_teacher else None)
         jax.block_until_ready(metrics)
 
-      name = stage if len(method.phases()) == 1 else f'{stage}:{phase.name}'
+      name = label if len(method.phases()) == 1 else f'{label}:{phase.name}'
       row(name, _time(run, _STEPS.value, _REPEATS.value))
 
 

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 import ml_collections
 
 # The stages a pipeline can run, in the only order that makes sense: the wide network first
-# (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning.
-STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune')
+# (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning;
+# for a BERT, last, the downstream fine-tuning of every network the others produced.
+STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune', 'downstream')
+IMAGE_STAGES = STAGES[:-1]
 # Which stage's output each stage starts from (None: a fresh initialization).
 STAGE_INIT_FROM = {'probe': 'imitate', 'finetune': 'imitate'}
 # The stages that need the wide network as a teacher.
@@ -28,6 +30,11 @@ IMITATION_SCHEDULES = ('progressive', 'one_shot')
 IMITATION_LOSS_ON = ('current', 'cumulative')
 IMITATION_INPUTS = ('own', 'teacher')
 DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def is_text(config) -> bool:
+  """Whether the config's networks are BERTs (text) rather than ResNets (images)."""
+  return config.model.name.startswith('bert')
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -75,10 +82,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.seeds = (0,)
 
   config.model = ml_collections.ConfigDict(dict(
-      name='cifar_resnet20',
+      name='cifar_resnet20',  # a ResNet of gwtn_jax.models.MODELS, or a BERT preset (bert_*)
       num_classes=0,        # 0: the dataset's
       dtype='float32',      # compute dtype (bfloat16 on TPU); parameters stay float32
       stem_strides=1,       # CIFAR-style stem only (2 takes 28x28 to 14x14)
+      # BERT only.
+      pre_layer_norm=False,  # False: post-LN as in BERT; True: pre-LN (learns at small budgets)
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      max_position=512,
+      nsp_head=False,
+      scan_layers=False,     # nn.scan over the layers (one compiled layer: faster compiles)
+      remat=False,           # rematerialize each layer in the backward pass
   ))
   # The thin network is the one shipped; the wide one is the same depth widened (DESIGN.md).
   config.thin_width = 1.0
@@ -107,10 +122,11 @@ def base_config() -> ml_collections.ConfigDict:
       # Logical axis name -> mesh axes. Pure data parallelism by default: every parameter
       # replicated, the batch split over data and fsdp.
       rules=[['batch', ['data', 'fsdp']], ['conv_in', None], ['conv_out', None],
-             ['features', None], ['classes', None]],
+             ['features', None], ['classes', None], ['vocab', None], ['embed', None],
+             ['heads', None], ['kv', None], ['mlp', None], ['layers', None]],
   ))
 
-  config.stages = STAGES
+  config.stages = IMAGE_STAGES
   # A trained wide network to use as the teacher when 'wide' is not among the stages: the
   # stage directory of an earlier run (`WORKDIR/stages/wide`).
   config.teacher_dir = ''
@@ -144,6 +160,57 @@ def base_config() -> ml_collections.ConfigDict:
   )
   config.probe = stage_config(steps=200)
   config.finetune = stage_config(alpha=0.5, temperature=4.0)
+  # BERT only: each network fine-tuned on a classification task (equal steps for all).
+  config.downstream = downstream_config()
+  return config
+
+
+def text_data_config(**overrides) -> ml_collections.ConfigDict:
+  """`config.data` of a BERT run (fields documented in `gwtn_jax.data.text`)."""
+  config = ml_collections.ConfigDict(dict(
+      name='shakespeare',   # the embedded corpus, or 'tfds' (a prepared tfds text dataset)
+      plays=(),             # shakespeare: a subset of the plays (empty: all 38)
+      tfds_name='',
+      tfds_text_field='text',
+      dir='',               # tfds data_dir ('' = tfds's default)
+      train_split='train',
+      eval_split='test',
+      vocab_size=8000,      # WordPiece entries trained on the train split ...
+      vocab_file='',        # ... or a BERT vocab.txt
+      cache_dir='',         # '' = ~/.cache/gwtn_jax/text
+      seq_len=128,
+      mask_rate=0.15,
+      num_train_examples=0,
+      num_eval_examples=0,
+      read_threads=2,
+      prefetch=4,
+  ))
+  config.update(overrides)
+  return config
+
+
+def downstream_config(**overrides) -> ml_collections.ConfigDict:
+  """The downstream stage: its data (`gwtn_jax.data.classify`) and its training."""
+  config = stage_config(steps=300, optimizer=optimizer_config(
+      name='adamw', learning_rate=1e-4, weight_decay=0.01, weight_decay_on='kernels',
+      schedule='cosine', warmup_steps=30))
+  config.update(dict(
+      name='verse_prose',   # the embedded task, or 'tfds' (e.g. glue/sst2)
+      tfds_name='',
+      text_field='sentence',
+      text_pair_field='',
+      label_field='label',
+      train_split='train',
+      eval_split='validation',
+      dir='',
+      min_lines=2,
+      balance=True,
+      num_train_examples=0,
+      num_eval_examples=0,
+      read_threads=2,
+      prefetch=4,
+  ))
+  config.update(overrides)
   return config
 
 
@@ -239,6 +306,9 @@ def validate(config, workdir: str) -> None:
   _require(len(stages) > 0, 'stages is empty; list some of ' + ', '.join(STAGES))
   for stage in stages:
     _require(stage in STAGES, f'stages: {stage!r} is unknown; choose from {STAGES}')
+  _require('downstream' not in stages or is_text(config),
+           f"stages: 'downstream' fine-tunes BERTs on a text task; model.name="
+           f"{config.model.name!r} is not a BERT")
   _require(len(set(stages)) == len(stages), f'stages={stages} lists a stage twice')
   order = [STAGES.index(s) for s in stages]
   _require(order == sorted(order), f'stages={stages} is out of order; the order is {STAGES}')
@@ -250,6 +320,7 @@ def validate(config, workdir: str) -> None:
     _require(bool(config.teacher_dir),
              'teacher_dir is empty but stages has no \'wide\'; give the stage folder of a trained '
              'wide network (WORKDIR/stages/wide) or add \'wide\' to stages')
+  if 'wide' not in stages and config.teacher_dir:
     _require(os.path.isdir(os.path.join(config.teacher_dir, 'checkpoints')),
              f'teacher_dir={config.teacher_dir}: no checkpoints/ folder of a finished wide stage there')
 
@@ -266,14 +337,33 @@ def validate(config, workdir: str) -> None:
            'network is the teacher and must be at least as wide')
 
   try:
-    data_lib.check_data_config(config.data)
+    if is_text(config):
+      data_lib.check_text_config(config.data)
+      if 'downstream' in stages:
+        data_lib.check_classify_config(config.downstream)
+        _require(config.downstream.name != 'verse_prose' or config.data.name == 'shakespeare',
+                 "downstream.name='verse_prose' is a task on the Shakespeare plays; it needs "
+                 f"data.name='shakespeare' (not {config.data.name!r}) or a tfds downstream task")
+    else:
+      data_lib.check_data_config(config.data)
   except ValueError as e:
-    raise ConfigError(str(e)) from None
+    message = str(e)
+    if is_text(config) and config.data.name == 'tfds' and 'not prepared' in message:
+      message += ('; or use the embedded Shakespeare corpus: --config.data.name=shakespeare '
+                  '--config.downstream.name=verse_prose (a few-minute run: the config\'s '
+                  '\':smoke\' variant)')
+    raise ConfigError(message) from None
   try:
-    thin = builders.build_model(config, 'thin', num_classes=10)
-    wide = builders.build_model(config, 'wide', num_classes=10)
+    thin = builders.build_model(config, 'thin', num_classes=10, vocab_size=1000)
+    wide = builders.build_model(config, 'wide', num_classes=10, vocab_size=1000)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if is_text(config):
+    _require(config.data.seq_len <= config.model.max_position,
+             f'data.seq_len={config.data.seq_len} exceeds model.max_position='
+             f'{config.model.max_position}')
+    for field in ('dropout_rate', 'attention_dropout_rate'):
+      _require(0 <= config.model[field] < 1, f'model.{field}={config.model[field]} must be in [0, 1)')
   for field, model in (('thin_width', thin), ('wide_width', wide)):
     try:
       model.point_channels()

@@ -4,6 +4,8 @@ Workdir layout:
   config.json                 the config the run was started with
   stages/wide/                the wide network (trained once, with `config.seed`)
   stages/seed<S>/<stage>/     the thin stages of each seed
+  stages/downstream/wide/, stages/seed<S>/downstream/<network>/
+                              BERT: each network fine-tuned on the downstream task
   tensorboard/<stage name>/   event files
   report.json, report.md, curves.png
 """
@@ -23,7 +25,7 @@ from gwtn_jax import report as report_lib
 from gwtn_jax.train import loop
 from gwtn_jax.train import preemption as preemption_lib
 
-# Report key of the network each thin stage produces, and the stages its budget adds up.
+# Report key of the network each stage produces, and the stages its budget adds up.
 REPORT_KEYS = {
     'wide': ('wide', ('wide',)),
     'thin_scratch': ('thin_scratch', ('thin_scratch',)),
@@ -38,10 +40,14 @@ def _stage_seed(seed: int, stage: str) -> int:
   return int(np.random.SeedSequence([seed, *stage.encode()]).generate_state(1)[0] % (2**31))
 
 
-def _spec(config, stage: str, name: str, method, model, init_seed: int, data_seed: int
+# The networks the downstream stage fine-tunes (GWTN's, the wide one and the two controls).
+DOWNSTREAM_OF = ('wide', 'thin_scratch', 'thin_kd', 'finetune')
+
+
+def _spec(config, stage: str, name: str, method, model, task, init_seed: int, data_seed: int
           ) -> loop.StageSpec:
   return loop.StageSpec(
-      name=name, method=method, model=model, optimizer=config[stage].optimizer,
+      name=name, method=method, model=model, task=task, optimizer=config[stage].optimizer,
       batch_size=config_lib.stage_value(config, stage, 'batch_size'),
       eval_batch_size=config.eval_batch_size, init_seed=init_seed, data_seed=data_seed,
       log_every=config.log_every,
@@ -93,15 +99,14 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   exp = builders.build_experiment(config)
   preemption = preemption_lib.Preemption(sync_every=config.log_every)
 
-  def stage_kwargs(name: str) -> dict[str, Any]:
-    return dict(data=exp.data, mesh=exp.mesh, rules=exp.rules, preemption=preemption,
+  def stage_kwargs(name: str, data=exp.data) -> dict[str, Any]:
+    return dict(data=data, mesh=exp.mesh, rules=exp.rules, preemption=preemption,
                 stage_dir=os.path.join(workdir, 'stages', name),
                 writer_dir=os.path.join(workdir, 'tensorboard', name))
 
   with preemption:
     results = _run_stages(config, exp, stage_kwargs)
-  networks = {'wide': exp.wide, 'thin': exp.thin}
-  report = report_lib.build_report(results, REPORT_KEYS, networks, exp.sample)
+  report = report_lib.build_report(results, REPORT_KEYS, exp)
   if jax.process_index() == 0:
     report_lib.write_report(workdir, report, results, config)
   return report
@@ -110,37 +115,54 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
 def _run_stages(config, exp: builders.Experiment, stage_kwargs
                 ) -> dict[str, list[loop.StageResult]]:
   """Runs (or loads) every stage: the wide one once, the thin ones for each seed."""
-  stages, thin, wide = tuple(config.stages), exp.thin, exp.wide
+  stages = tuple(config.stages)
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
   if 'wide' in stages:
-    method, model = builders.build_method(config, 'wide', thin, wide)
+    method, model = builders.build_method(config, 'wide', exp)
     seed = config.seed
     wide_result = loop.run_stage(
-        _spec(config, 'wide', 'wide', method, model, seed, _stage_seed(seed, 'wide')),
+        _spec(config, 'wide', 'wide', method, model, exp.task, seed, _stage_seed(seed, 'wide')),
         **stage_kwargs('wide'))
     results['wide'] = [wide_result]
     teacher = wide_result.variables
-  elif any(s in config_lib.NEEDS_TEACHER for s in stages):
-    teacher = loop.load_stage_output(config.teacher_dir, wide, exp.sample, exp.mesh, exp.rules)
+  elif any(s in config_lib.NEEDS_TEACHER for s in stages) or config.teacher_dir:
+    teacher = loop.load_stage_output(config.teacher_dir, exp.wide, exp.task, exp.mesh, exp.rules)
     done = loop.read_result(config.teacher_dir)
     if done is not None:
       results['wide'] = [loop.StageResult('wide', teacher, done['metrics'], done['history'],
                                           done['steps'], done['wall_s'], done['curve_metric'])]
 
+  def downstream(name: str, source: loop.StageResult, role: str, seed: int) -> None:
+    """Fine-tunes a produced network on the downstream task."""
+    key = REPORT_KEYS[name][0]
+    method, model = builders.build_downstream_method(config, role, exp)
+    where = f'downstream/{key}' if role == 'wide' else f'seed{seed}/downstream/{key}'
+    result = loop.run_stage(
+        _spec(config, 'downstream', where, method, model, exp.downstream.task, seed,
+              _stage_seed(seed, 'downstream')),
+        init=source.variables, **stage_kwargs(where, data=exp.downstream.data))
+    results.setdefault(f'downstream/{key}', []).append(result)
+
+  if 'downstream' in stages and 'wide' in results:
+    downstream('wide', results['wide'][0], 'wide', config.seed)
   for seed in config.seeds:
     produced: dict[str, loop.StageResult] = {}
     for stage in stages:
-      if stage == 'wide':
+      if stage in ('wide', 'downstream'):
         continue
-      method, model = builders.build_method(config, stage, thin, wide)
+      method, model = builders.build_method(config, stage, exp)
       source = config_lib.STAGE_INIT_FROM.get(stage)
       name = f'seed{seed}/{stage}'
       result = loop.run_stage(
-          _spec(config, stage, name, method, model, seed, _stage_seed(seed, stage)),
+          _spec(config, stage, name, method, model, exp.task, seed, _stage_seed(seed, stage)),
           teacher=teacher if stage in config_lib.NEEDS_TEACHER else None,
           init=produced[source].variables if source else None,
           **stage_kwargs(name))
       produced[stage] = result
       results.setdefault(stage, []).append(result)
+    if 'downstream' in stages:
+      for stage in DOWNSTREAM_OF[1:]:
+        if stage in produced:
+          downstream(stage, produced[stage], 'thin', seed)
   return results

@@ -1,10 +1,13 @@
 """The run report: `report.json`, `report.md` (the side-by-side table) and `curves.png`.
 
 `report.json` maps each network (wide, thin_scratch, thin_kd, thin_imitated, thin_gwtn) to
-{params, flops, train_steps, wall_s, metrics: {accuracy, loss}}, where metrics are the mean over
-the seeds and `spread` holds their standard deviation; `flops` are the forward FLOPs of one
-example from XLA's cost analysis; `train_steps` and `wall_s` add up every stage that produced the
-network (thin_gwtn: imitation + fine-tuning).
+{params, flops, train_steps, wall_s, metrics}, where metrics are the mean over the seeds and
+`spread` holds their standard deviation: {accuracy, loss} for images, {mlm_accuracy, mlm_loss}
+after pre-training for a BERT, plus {downstream_accuracy, downstream_loss} after its downstream
+fine-tuning (and `downstream_steps`). `flops` are the forward FLOPs of one example from XLA's
+cost analysis; `train_steps` and `wall_s` add up every stage that produced the network
+(thin_gwtn: imitation + fine-tuning). A BERT run's report also has `downstream_task`: the
+task's name, classes, sizes and chance accuracy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The report's entry that describes the downstream task (every other entry is a network).
+DOWNSTREAM_TASK = 'downstream_task'
+
 
 def count_params(variables: Mapping[str, Any]) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables['params'])))
@@ -32,16 +38,30 @@ def cost_flops(compiled) -> float:
   return float((analysis or {}).get('flops', 0.0))
 
 
-def forward_flops(model, sample) -> int:
-  """Inference FLOPs of one example, from XLA's cost analysis of the model's forward pass."""
-  image = jnp.zeros((1,) + tuple(sample['image'].shape[1:]), jnp.float32)
-  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), image)
-  apply = jax.jit(functools.partial(model.apply, train=False))
-  return int(cost_flops(apply.lower(variables, image).compile()))
+def forward_flops(model, task) -> int:
+  """Inference FLOPs of one example, from XLA's cost analysis of the task's forward pass.
+
+  (A BERT's MLM forward runs its head at the masked positions only, as in pre-training.)
+  """
+  sample = task.sample_batch()
+  variables = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0), sample)
+  apply = jax.jit(lambda v, b: task.outputs(model, v, b, train=False)[0])
+  return int(cost_flops(apply.lower(variables, sample).compile()))
 
 
-def build_report(results, report_keys, networks, sample) -> dict[str, Any]:
-  """Summarizes the stage results per network (mean and spread over seeds)."""
+def _mean(values) -> float:
+  return float(np.mean(values))
+
+
+def build_report(results, report_keys, exp) -> dict[str, Any]:
+  """Summarizes the stage results per network (mean and spread over seeds).
+
+  Args:
+    results: stage -> [StageResult per seed] ('downstream/<network>' for the downstream
+      fine-tuning of a network).
+    report_keys: stage -> (network, the stages its training budget adds up).
+    exp: the `builders.Experiment` (networks and tasks).
+  """
   report: dict[str, Any] = {}
   flops_cache: dict[str, int] = {}
   for stage, (key, budget) in report_keys.items():
@@ -50,53 +70,99 @@ def build_report(results, report_keys, networks, sample) -> dict[str, Any]:
     runs = results[stage]
     role = 'wide' if stage == 'wide' else 'thin'
     if role not in flops_cache:
-      flops_cache[role] = forward_flops(networks[role], sample)
+      flops_cache[role] = forward_flops(exp.network(role), exp.task)
+    down = results.get(f'downstream/{key}', [])
     per_seed = []
     for i, run in enumerate(runs):
       parts = [results[s][i] for s in budget if s in results]
-      per_seed.append({'metrics': {k: run.metrics[k] for k in ('accuracy', 'loss') if k in run.metrics},
-                       'train_steps': sum(p.steps for p in parts),
+      metrics = {k: run.metrics[k] for k in exp.task.report_metrics if k in run.metrics}
+      if down:
+        tuned = down[min(i, len(down) - 1)].metrics
+        metrics.update({f'downstream_{k}': tuned[k] for k in ('accuracy', 'loss') if k in tuned})
+      per_seed.append({'metrics': metrics, 'train_steps': sum(p.steps for p in parts),
                        'wall_s': sum(p.wall_s for p in parts)})
     names = per_seed[0]['metrics'].keys()
     report[key] = {
         'params': count_params(runs[0].variables),
         'flops': flops_cache[role],
         'train_steps': per_seed[0]['train_steps'],
-        'wall_s': float(np.mean([p['wall_s'] for p in per_seed])),
-        'metrics': {m: float(np.mean([p['metrics'][m] for p in per_seed])) for m in names},
+        'wall_s': _mean([p['wall_s'] for p in per_seed]),
+        'metrics': {m: _mean([p['metrics'][m] for p in per_seed]) for m in names},
         'spread': {m: float(np.std([p['metrics'][m] for p in per_seed])) for m in names},
         'seeds': len(per_seed),
         'per_seed': [p['metrics'] for p in per_seed],
     }
+    if down:
+      report[key]['downstream_steps'] = down[0].steps
+      report[key]['downstream_wall_s'] = _mean([d.wall_s for d in down])
+  if exp.downstream is not None and report:
+    info = exp.downstream.data.info
+    report[DOWNSTREAM_TASK] = {
+        'name': info.name, 'num_classes': info.num_classes,
+        'class_names': list(info.class_names), 'chance_accuracy': info.chance_accuracy,
+        'num_train_examples': info.num_train_examples,
+        'num_eval_examples': info.num_eval_examples}
   return report
 
 
+def networks(report: dict[str, Any]) -> dict[str, Any]:
+  """The rows of the report that are networks."""
+  return {k: v for k, v in report.items() if k != DOWNSTREAM_TASK}
+
+
+def _lower_is_better(metric: str) -> bool:
+  return metric.endswith('loss')
+
+
 def _markdown(report: dict[str, Any], config) -> str:
+  rows = networks(report)
+  metrics = list(dict.fromkeys(m for row in rows.values() for m in row['metrics']))
   lines = [
       '# GWTN run report', '',
       f'Model `{config.model.name}`, thin width {config.thin_width}, wide width '
       f'{config.wide_width}; data `{config.data.name}`; seeds {tuple(config.seeds)}.', '',
-      '| network | params | forward MFLOPs/example | train steps | wall s | accuracy | loss |',
-      '|---|---:|---:|---:|---:|---:|---:|',
+      '| network | params | forward MFLOPs/example | train steps | wall s | '
+      + ' | '.join(metrics) + ' |',
+      '|---|---:|---:|---:|---:|' + '---:|' * len(metrics),
   ]
-  for key, row in report.items():
-    acc, loss = row['metrics'].get('accuracy', float('nan')), row['metrics'].get('loss', float('nan'))
-    spread = row['spread']
-    acc_s = f'{acc:.4f}' + (f' ± {spread["accuracy"]:.4f}' if row['seeds'] > 1 else '')
-    loss_s = f'{loss:.4f}' + (f' ± {spread["loss"]:.4f}' if row['seeds'] > 1 else '')
-    lines.append(f'| {key} | {row["params"]:,} | {row["flops"] / 1e6:.2f} | {row["train_steps"]} | '
-                 f'{row["wall_s"]:.0f} | {acc_s} | {loss_s} |')
+  for key, row in rows.items():
+    cells = []
+    for m in metrics:
+      if m not in row['metrics']:
+        cells.append('')
+        continue
+      cell = f'{row["metrics"][m]:.4f}'
+      if row['seeds'] > 1:
+        cell += f' ± {row["spread"][m]:.4f}'
+      cells.append(cell)
+    lines.append(f'| {key} | {row["params"]:,} | {row["flops"] / 1e6:.2f} | '
+                 f'{row["train_steps"]} | {row["wall_s"]:.0f} | ' + ' | '.join(cells) + ' |')
   lines.append('')
-  if 'thin_gwtn' in report:
-    gwtn = report['thin_gwtn']['metrics']['accuracy']
+  if 'thin_gwtn' in rows:
+    gwtn = rows['thin_gwtn']['metrics']
     for control in ('thin_scratch', 'thin_kd'):
-      if control in report:
-        delta = gwtn - report[control]['metrics']['accuracy']
-        lines.append(f'- thin_gwtn vs {control} at equal thin training steps '
-                     f'({report[control]["train_steps"]}): {100 * delta:+.2f} accuracy points.')
-  lines += ['', 'Accuracy is mean ± standard deviation over seeds; `curves.png` has the eval curves.',
-            'thin_imitated is the thin network right after imitation, its head fitted on frozen '
-            'features (the probe stage).', '']
+      if control not in rows:
+        continue
+      other = rows[control]['metrics']
+      deltas = []
+      for m in metrics:
+        if m in gwtn and m in other:
+          delta = gwtn[m] - other[m]
+          better = (delta < 0) if _lower_is_better(m) else (delta > 0)
+          shown = f'{delta:+.4f}' if _lower_is_better(m) else f'{100 * delta:+.2f} points'
+          deltas.append(f'{m} {shown} ({"better" if better else "worse"})')
+      lines.append(f'- thin_gwtn vs {control} at equal thin training steps '
+                   f'({rows[control]["train_steps"]}): ' + ', '.join(deltas) + '.')
+  task = report.get(DOWNSTREAM_TASK)
+  if task:
+    steps = next((r['downstream_steps'] for r in rows.values() if 'downstream_steps' in r), 0)
+    lines += ['', f'Downstream task `{task["name"]}` ({task["num_classes"]} classes: '
+              f'{", ".join(task["class_names"])}; {task["num_train_examples"]} train and '
+              f'{task["num_eval_examples"]} held-out examples): every network fine-tuned for '
+              f'{steps} steps; chance (majority class) accuracy {task["chance_accuracy"]:.4f}.']
+  lines += ['', 'Metrics are mean ± standard deviation over seeds; `curves.png` has the eval '
+            'curves. thin_imitated is the thin network right after imitation, its head fitted on '
+            'frozen features (the probe stage).', '']
   return '\n'.join(lines)
 
 
@@ -105,12 +171,18 @@ def _plot(path: str, results, config) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, (ax_acc, ax_imi) = plt.subplots(1, 2, figsize=(12, 4.5))
+  downstream = {k.split('/', 1)[1]: v for k, v in results.items() if k.startswith('downstream/')}
+  panels = 3 if downstream else 2
+  fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+  ax_main, ax_imi = axes[0], axes[1]
   imitate_steps = [r.steps for r in results.get('imitate', [])]
   colors = {'wide': 'black', 'thin_scratch': 'tab:blue', 'thin_kd': 'tab:orange',
-            'finetune': 'tab:green', 'probe': 'tab:purple'}
+            'finetune': 'tab:green', 'thin_gwtn': 'tab:green', 'probe': 'tab:purple'}
   labels = {'finetune': 'thin_gwtn (imitate + finetune)', 'probe': 'thin_imitated (probe)'}
+  metric = None
   for stage, runs in results.items():
+    if stage.startswith('downstream/'):
+      continue
     if stage == 'imitate':
       for i, run in enumerate(runs):
         steps = [h['step'] for h in run.history]
@@ -122,16 +194,17 @@ def _plot(path: str, results, config) -> None:
                             textcoords='offset points', xytext=(0, 6), ha='center', fontsize=7)
       continue
     for i, run in enumerate(runs):
+      metric = run.curve_metric
       offset = imitate_steps[i] if stage in ('finetune', 'probe') and imitate_steps else 0
       steps = [h['step'] + offset for h in run.history]
-      values = [h['metrics'].get('accuracy', np.nan) for h in run.history]
-      ax_acc.plot(steps, values, 'o-', ms=3, color=colors.get(stage), alpha=0.8,
-                  label=labels.get(stage, stage) if i == 0 else None)
-  ax_acc.set_xlabel('training steps of the network (thin: imitation steps counted)')
-  ax_acc.set_ylabel('eval accuracy')
-  ax_acc.set_title('eval accuracy')
-  ax_acc.grid(alpha=0.3)
-  ax_acc.legend()
+      values = [h['metrics'].get(metric, np.nan) for h in run.history]
+      ax_main.plot(steps, values, 'o-', ms=3, color=colors.get(stage), alpha=0.8,
+                   label=labels.get(stage, stage) if i == 0 else None)
+  ax_main.set_xlabel('training steps of the network (thin: imitation steps counted)')
+  ax_main.set_ylabel(f'eval {metric}')
+  ax_main.set_title(f'eval {metric}')
+  ax_main.grid(alpha=0.3)
+  ax_main.legend()
   ax_imi.set_xlabel('imitation step (one phase per point, bottom to top)')
   ax_imi.set_ylabel('eval MSE')
   ax_imi.set_yscale('log')
@@ -139,6 +212,18 @@ def _plot(path: str, results, config) -> None:
   ax_imi.grid(alpha=0.3)
   if results.get('imitate'):
     ax_imi.legend()
+  if downstream:
+    ax = axes[2]
+    for key, runs in downstream.items():
+      for i, run in enumerate(runs):
+        ax.plot([h['step'] for h in run.history],
+                [h['metrics'].get('accuracy', np.nan) for h in run.history], 'o-', ms=3,
+                color=colors.get(key), alpha=0.8, label=key if i == 0 else None)
+    ax.set_xlabel('downstream fine-tuning step')
+    ax.set_ylabel('eval accuracy (held-out)')
+    ax.set_title('downstream task')
+    ax.grid(alpha=0.3)
+    ax.legend()
   fig.suptitle(f'GWTN: {config.model.name}, thin {config.thin_width} / wide {config.wide_width}, '
                f'{config.data.name}')
   fig.tight_layout()

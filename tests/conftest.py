@@ -21,9 +21,9 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 import tiny_config as tiny_config_file  # pylint: disable=g-import-not-at-top
 
 
-def tiny_config(**overrides):
-  """The tiny pipeline config, with `dotted.field=value` overrides."""
-  c = tiny_config_file.get_config()
+def tiny_config(arg: str = '', **overrides):
+  """The tiny pipeline config (of variant `arg`), with `dotted.field=value` overrides."""
+  c = tiny_config_file.get_config(arg)
   for key, value in overrides.items():
     target = c
     *path, last = key.split('.')

@@ -14,11 +14,13 @@ from gwtn_jax import config_lib
 from gwtn_jax import models
 from gwtn_jax import report
 from gwtn_jax.methods import base
+from gwtn_jax.methods import tasks
 from gwtn_jax.methods.imitation import Imitation, imitated_points
 from gwtn_jax.train import loop
 from gwtn_jax.train import state as state_lib
 
 SHAPE = (2, 8, 8, 1)
+TASK = tasks.ImageClassification(SHAPE[1:])
 
 
 def imitate_config(**overrides) -> ml_collections.ConfigDict:
@@ -61,7 +63,7 @@ def unboxed_init(method, init=None):
 def test_exact_copy_has_zero_loss(inputs, normalize, granularity):
   wide = resnet()
   teacher = teacher_variables()
-  method = Imitation(wide, wide, imitate_config(inputs=inputs, normalize=normalize,
+  method = Imitation(wide, wide, TASK, imitate_config(inputs=inputs, normalize=normalize,
                                                 granularity=granularity))
   variables = unboxed_init(method, init=teacher)
   assert not method.up and not method.down  # equal widths: no projections
@@ -91,7 +93,7 @@ def _state(method, tx):
 def test_progressive_phases_compile_truncated_forwards():
   thin, wide = resnet(20, 0.5), resnet(20, 1.0)
   teacher = teacher_variables(20, 1.0)
-  method = Imitation(thin, wide, imitate_config())
+  method = Imitation(thin, wide, TASK, imitate_config())
   state = _state(method, optax.sgd(0.1))
   flops = []
   for phase in method.phases():
@@ -107,7 +109,7 @@ def test_progressive_phases_compile_truncated_forwards():
 def test_only_what_a_phase_uses_moves(freeze_lower):
   thin, wide = resnet(8, 0.5), resnet(8, 1.0)
   teacher = teacher_variables()
-  method = Imitation(thin, wide, imitate_config(freeze_lower=freeze_lower))
+  method = Imitation(thin, wide, TASK, imitate_config(freeze_lower=freeze_lower))
   tx = optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9))
   state = _state(method, tx)
   phase = method.phases()[2]  # 'stage2_block1'
@@ -142,7 +144,7 @@ def test_teacher_inputs_feed_the_teachers_features():
   """With teacher inputs, a thin block's output depends on the teacher, not on lower thin blocks."""
   thin, wide = resnet(8, 1.0), resnet(8, 1.0)
   teacher = teacher_variables()
-  method = Imitation(thin, wide, imitate_config(inputs='teacher'))
+  method = Imitation(thin, wide, TASK, imitate_config(inputs='teacher'))
   variables = unboxed_init(method)
   phase = method.phases()[2]
   before = method.eval_metrics(phase, variables, teacher, batch())['imitation_loss']
@@ -153,7 +155,7 @@ def test_teacher_inputs_feed_the_teachers_features():
   after = method.eval_metrics(phase, scrambled, teacher, batch())['imitation_loss']
   assert float(after) == pytest.approx(float(before), rel=1e-6)
   # ...while with its own inputs it does.
-  own = Imitation(thin, wide, imitate_config(inputs='own'))
+  own = Imitation(thin, wide, TASK, imitate_config(inputs='own'))
   a = own.eval_metrics(phase, variables, teacher, batch())['imitation_loss']
   b = own.eval_metrics(phase, scrambled, teacher, batch())['imitation_loss']
   assert abs(float(a) - float(b)) > 1e-4
@@ -161,7 +163,7 @@ def test_teacher_inputs_feed_the_teachers_features():
 
 def test_teacher_inputs_with_different_widths_use_down_projections():
   thin, wide = resnet(8, 0.5), resnet(8, 1.0)
-  method = Imitation(thin, wide, imitate_config(inputs='teacher'))
+  method = Imitation(thin, wide, TASK, imitate_config(inputs='teacher'))
   assert set(method.down) == {'stem', 'stage1_block1', 'stage2_block1'}
   variables = unboxed_init(method)
   sums = method.eval_metrics(base.Phase('all', 1, key=None), variables, teacher_variables(), batch())
@@ -174,7 +176,7 @@ def test_layer_map_to_a_deeper_teacher():
   points = imitated_points(thin, wide, cfg)
   assert points == [('stem', 'stem'), ('stage1_block1', 'stage1_block3'),
                     ('stage2_block1', 'stage2_block3'), ('stage3_block1', 'stage3_block3')]
-  method = Imitation(thin, wide, cfg)
+  method = Imitation(thin, wide, TASK, cfg)
   sums = method.eval_metrics(method.phases()[-1], unboxed_init(method), teacher_variables(20, 1.0),
                              batch())
   assert np.isfinite(float(sums['imitation_loss']))
@@ -193,7 +195,7 @@ def test_bad_layer_maps(layer_map, message):
 
 def test_stage_granularity_trains_whole_stages():
   thin, wide = resnet(20, 0.5), resnet(20, 1.0)
-  method = Imitation(thin, wide, imitate_config(granularity='stage'))
+  method = Imitation(thin, wide, TASK, imitate_config(granularity='stage'))
   assert [p.name for p in method.phases()] == ['stage1_block3', 'stage2_block3', 'stage3_block3']
   variables = unboxed_init(method)
   mask = method.trainable(method.phases()[1], variables['params'])
@@ -204,7 +206,7 @@ def test_stage_granularity_trains_whole_stages():
 def test_exported_head_reads_projected_features_exactly():
   thin, wide = resnet(8, 0.5), resnet(8, 1.0)
   teacher = teacher_variables()
-  method = Imitation(thin, wide, imitate_config())
+  method = Imitation(thin, wide, TASK, imitate_config())
   variables = unboxed_init(method)
   exported = method.export(variables, teacher)
   assert set(exported) == {'params', 'batch_stats'}

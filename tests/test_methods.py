@@ -11,6 +11,7 @@ import pytest
 
 from gwtn_jax import models
 from gwtn_jax.methods import base
+from gwtn_jax.methods import tasks
 from gwtn_jax.methods.distill import Distill
 from gwtn_jax.methods.supervised import Supervised
 from gwtn_jax.train import loop
@@ -28,6 +29,9 @@ def test_kd_loss_is_zero_for_equal_logits_and_scales_with_t_squared():
   np.testing.assert_allclose(base.kd_loss(logits, other, t), expected, rtol=1e-5)
 
 
+TASK = tasks.ImageClassification((8, 8, 1))
+
+
 @functools.lru_cache(maxsize=None)
 def _setup():
   model = models.get_model('cifar_resnet8', num_classes=4, width_multiplier=0.5)
@@ -40,17 +44,17 @@ def _setup():
 @pytest.mark.parametrize('alpha', [0.0, 1.0])
 def test_distill_ends_are_labels_only_and_kd_only(alpha):
   model, teacher_model, teacher, batch = _setup()
-  method = Distill(model, teacher_model, steps=1, alpha=alpha, temperature=3.0)
+  method = Distill(model, teacher_model, TASK, steps=1, alpha=alpha, temperature=3.0)
   variables = nn.meta.unbox(method.init(jax.random.key(0), batch))
   state = {'batch_stats': variables['batch_stats']}
   loss, (_, metrics) = method.loss(method.phases()[0], variables['params'], state, teacher, batch,
                                    jax.random.key(0))
-  assert float(loss) == pytest.approx(float(metrics['kd'] if alpha else metrics['ce']), rel=1e-6)
+  assert float(loss) == pytest.approx(float(metrics['kd'] if alpha else metrics['task_loss']), rel=1e-6)
 
 
 def test_probe_trains_only_the_head_and_keeps_statistics():
   model, _, _, batch = _setup()
-  method = Supervised(model, steps=1, trainable_modules=('head',))
+  method = Supervised(model, TASK, steps=1, trainable_modules=('head',))
   variables = nn.meta.unbox(method.init(jax.random.key(0), batch))
   tx = optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9))
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],

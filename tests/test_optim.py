@@ -30,6 +30,12 @@ def test_step_decay_at_fractions_of_the_length():
       [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
 
 
+def test_linear_decay_is_berts():
+  schedule = optim.make_schedule(opt(learning_rate=1e-4, warmup_steps=10, schedule='linear'), 110)
+  assert [float(schedule(s)) for s in (0, 5, 10, 60, 110)] == pytest.approx(
+      [0.0, 5e-5, 1e-4, 5e-5, 0.0], rel=1e-6, abs=1e-12)
+
+
 def test_period_restarts_the_schedule_each_phase():
   schedule = optim.make_schedule(opt(learning_rate=0.1, schedule='cosine'), 30, period=10)
   for phase in range(3):
@@ -59,4 +65,4 @@ def test_unknown_names():
   with pytest.raises(ValueError, match='optimizer.name'):
     optim.make_optimizer(opt(name='lamb'), 10)
   with pytest.raises(ValueError, match='optimizer.schedule'):
-    optim.make_schedule(opt(schedule='linear'), 10)
+    optim.make_schedule(opt(schedule='exponential'), 10)

@@ -6,7 +6,8 @@ that run the real command line:
   python -m gwtn_jax.main --config=tests/tiny_config.py:fmnist --workdir=...
 
 `fmnist` reads the head of the real Debian Fashion-MNIST files (the embedded reader);
-without it the data are synthetic.
+without it the data are synthetic. `bert` is a tiny BERT pipeline on four Shakespeare plays,
+downstream task included.
 """
 
 from gwtn_jax import config_lib
@@ -38,6 +39,16 @@ def get_config(arg: str = ''):
     c.data.num_train_examples = 512
     c.data.num_eval_examples = 128
     c.model.stem_strides = 2
+  elif arg == 'bert':
+    c.model.name = 'bert_tiny'   # 2 layers; thin hidden 64 (1 head), wide 128 (2 heads)
+    c.model.pre_layer_norm = True
+    c.model.max_position = 32
+    c.data = config_lib.text_data_config(
+        plays=('hamlet', 'the-tempest', 'macbeth', 'cymbeline'), vocab_size=300, seq_len=32,
+        num_train_examples=256, num_eval_examples=32, read_threads=1, prefetch=2)
+    c.stages = config_lib.STAGES
+    c.downstream.update(steps=2, batch_size=16, num_train_examples=64, num_eval_examples=32,
+                        read_threads=1, prefetch=2)
   elif arg:
     raise ValueError(f'tests/tiny_config.py: unknown argument {arg!r}')
   return c

@@ -9,6 +9,10 @@ Text (`text.py`, `corpus.py`): BERT MLM data from the Shakespeare plays of `iamb
 WordPiece via `tokenizers`, split by play; not yet wired into the pipeline.
 """
 
+from gwtn_jax.data.classify import ClassifyData
+from gwtn_jax.data.classify import ClassifyInfo
+from gwtn_jax.data.classify import build_classify_data
+from gwtn_jax.data.classify import check_classify_config
 from gwtn_jax.data.images import build_image_data
 from gwtn_jax.data.images import check_data_config
 from gwtn_jax.data.images import DatasetInfo
@@ -18,5 +22,6 @@ from gwtn_jax.data.text import TextInfo
 from gwtn_jax.data.text import build_text_data
 from gwtn_jax.data.text import check_text_config
 
-__all__ = ['DatasetInfo', 'ImageData', 'TextData', 'TextInfo', 'build_image_data',
-           'build_text_data', 'check_data_config', 'check_text_config']
+__all__ = ['ClassifyData', 'ClassifyInfo', 'DatasetInfo', 'ImageData', 'TextData',
+           'TextInfo', 'build_classify_data', 'build_image_data', 'build_text_data',
+           'check_classify_config', 'check_data_config', 'check_text_config']

@@ -17,6 +17,15 @@ with Markdown escapes and emphasis removed.
 The split is by play, so no held-out play leaks into training (vocabulary included):
 in each genre, the round(15% of its plays) (at least 1) plays with the smallest
 sha256(play name) are held out: 7 of the 38 plays (`split_plays`).
+
+Verse or prose (`verse_or_prose`, the labels of the downstream task in `classify.py`):
+in these editions every verse line starts with a capital letter (or a non-letter),
+while prose is wrapped at a fixed width, so its continuation lines mostly start
+lower-case. A speech of at least 2 lines is prose if a line after the first starts
+with a lower-case letter, verse otherwise. Over all 38 plays: 12529 verse and 4968
+prose speeches (13855 have one line). The rule errs on short prose whose every break
+falls before a capital ("as ever\\nI did look upon") and on the rare verse line a
+removed inline stage direction leaves lower-case.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import re
 
 GENRES = ('comedies', 'histories', 'problems', 'roman', 'romances', 'tragedies')
 HELD_OUT_FRACTION = 0.15
+VERSE, PROSE = 1, 0  # The labels of `verse_or_prose`.
 
 _INLINE_DIRECTION = re.compile(r'_+\\?\[[^\]]*\]_*')
 _ESCAPE = re.compile(r'\\([\\`*_{}\[\]()#+\-.!|])')
@@ -156,6 +166,24 @@ def load_passages(plays: list[str], plays_dir: str | None = None) -> list[Passag
     with open(path, encoding='utf-8') as f:
       out.extend(parse_play(f.read(), play, genres[play]))
   return out
+
+
+def verse_or_prose(passage: Passage, min_lines: int = 2) -> int | None:
+  """The typographic label of a speech: `VERSE` (1), `PROSE` (0), or None if short.
+
+  Args:
+    passage: a speech from `parse_play` (its lines joined by newlines).
+    min_lines: speeches with fewer lines (at least 2: one line shows no wrapping)
+      get None.
+
+  Returns:
+    PROSE if a line after the first starts with a lower-case letter (a prose line
+    wrapped at the page width), VERSE otherwise, None below `min_lines` lines.
+  """
+  lines = passage.text.split('\n')
+  if len(lines) < max(2, min_lines):
+    return None
+  return PROSE if any(line[:1].islower() for line in lines[1:]) else VERSE
 
 
 def shakespeare_split(plays: list[str] | tuple[str, ...] = (),

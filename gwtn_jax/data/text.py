@@ -171,14 +171,25 @@ def check_text_config(config) -> None:
       raise ValueError(f'data.plays={opts.plays} must include a train play and a '
                        f'held-out play (held out: {", ".join(held)})')
   else:
-    _tfds_builder(opts)
+    tfds_builder(opts)
 
 
 # ----------------------------------------------------------------------------------
 # The tfds hook.
 
 
-def _tfds_builder(opts: _Options):
+def tfds_builder(opts, prefix: str = 'data'):
+  """The prepared tfds builder of `opts.tfds_name` in `opts.dir`, with both splits checked.
+
+  Args:
+    opts: anything with `tfds_name`, `dir`, `train_split`, `eval_split`; a split may be
+      sliced as tfds reads it ('train[:99%]').
+    prefix: the config field the options live in, named in the errors.
+
+  Raises:
+    ValueError: one line naming `<prefix>.<field>`: the dataset is unknown or not prepared
+      (with the `tfds build` command that prepares it), or a split does not exist.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   verbosity = logging.get_verbosity()
@@ -189,21 +200,21 @@ def _tfds_builder(opts: _Options):
     except tfds.core.registered.DatasetNotFoundError:
       builder = None
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'data.tfds_name={opts.tfds_name!r}: tfds cannot open the '
-                       f'dataset in data.dir={opts.dir!r}: {e}') from e
+      raise ValueError(f'{prefix}.tfds_name={opts.tfds_name!r}: tfds cannot open the '
+                       f'dataset in {prefix}.dir={opts.dir!r}: {e}') from e
   finally:
     logging.set_verbosity(verbosity)
   if builder is None or not builder.is_prepared():
     where = opts.dir or 'the tfds default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)'
     raise ValueError(
-        f'data.tfds_name={opts.tfds_name!r}: the tfds dataset is not prepared in '
-        f'data.dir={where}; prepare it on a machine with network with `tfds build '
+        f'{prefix}.tfds_name={opts.tfds_name!r}: the tfds dataset is not prepared in '
+        f'{prefix}.dir={where}; prepare it on a machine with network with `tfds build '
         f'{opts.tfds_name} --data_dir=DIR --file_format=array_record`, copy DIR here '
-        'and set data.dir=DIR')
+        f'and set {prefix}.dir=DIR')
   for field in ('train_split', 'eval_split'):
     split = getattr(opts, field)
-    if split not in builder.info.splits:
-      raise ValueError(f'data.{field}={split!r}: {opts.tfds_name} has the splits '
+    if split.split('[', 1)[0] not in builder.info.splits:
+      raise ValueError(f'{prefix}.{field}={split!r}: {opts.tfds_name} has the splits '
                        f'{sorted(builder.info.splits.keys())}')
   return builder
 

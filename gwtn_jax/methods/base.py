@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Variables = Mapping[str, Any]
@@ -74,16 +75,6 @@ class Method:
 # --- Pieces the methods share ------------------------------------------------------------------
 
 
-def apply_classifier(model: nn.Module, variables: Variables, images: jax.Array, train: bool,
-                     rng: jax.Array | None = None, **kwargs):
-  """Runs a classifier; in training mode also returns its updated BatchNorm statistics."""
-  if train:
-    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'],
-                                  rngs={'dropout': rng} if rng is not None else None, **kwargs)
-    return logits, updates.get('batch_stats', variables.get('batch_stats'))
-  return model.apply(variables, images, train=False, **kwargs), variables.get('batch_stats')
-
-
 def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
   if mask is None:
     return jnp.mean(values)
@@ -116,16 +107,36 @@ def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -
 
 
 def tree_where(mask: Any, tree: Any, other: Any) -> Any:
-  """Takes leaves of `tree` where the (Python bool) mask is True and of `other` elsewhere."""
-  return jax.tree.map(lambda m, a, b: a if m else b, mask, tree, other)
+  """Takes leaves of `tree` where the mask is True and of `other` elsewhere.
+
+  A mask leaf is a Python bool (the whole leaf), or a numpy bool vector over the leaf's
+  leading axis (the stacked layers of a scanned module: one flag per layer).
+  """
+  def where(m, a, b):
+    if isinstance(m, (bool, np.bool_)):
+      return a if m else b
+    m = np.asarray(m, bool)
+    return jnp.where(m.reshape(m.shape + (1,) * (a.ndim - 1)), a, b)
+
+  return jax.tree.map(where, mask, tree, other)
 
 
-def overlay(fresh: Variables, given: Variables | None) -> Variables:
+def overlay(fresh: Variables, given: Variables | None, partial: bool = False) -> Variables:
   """Puts the values of `given` (plain arrays) into `fresh` (possibly logically boxed).
 
   A method initializes its variables fresh, so that they carry the model's logical-axis
   annotations, and then takes the values an earlier stage produced; under `jax.jit` the fresh
   values that are overwritten are never computed.
+
+  Args:
+    fresh: the method's fresh variables.
+    given: an earlier stage's variables, or None.
+    partial: take only the top-level modules `given` and `fresh` share (a pre-trained BERT
+      into a classifier: the MLM head is dropped, the classifier starts fresh); otherwise
+      the two must have the same modules.
+
+  Raises:
+    ValueError: a shape that does not fit, or (not partial) modules that differ.
   """
   if given is None:
     return fresh
@@ -144,5 +155,15 @@ def overlay(fresh: Variables, given: Variables | None) -> Variables:
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   out = dict(fresh)
   for collection, values in given.items():
-    out[collection] = jax.tree_util.tree_map_with_path(put, fresh[collection], values, is_leaf=is_box)
+    if collection not in fresh and partial:
+      continue
+    target = fresh[collection]
+    if partial:
+      values = {k: v for k, v in values.items() if k in target}
+      target = {k: target[k] for k in values}
+    elif set(values) != set(target):
+      raise ValueError(f'{collection}: the given modules {sorted(values)} differ from the '
+                       f'network\'s {sorted(target)}')
+    merged = jax.tree_util.tree_map_with_path(put, target, values, is_leaf=is_box)
+    out[collection] = {**fresh[collection], **merged}
   return out

@@ -1,37 +1,35 @@
 """Knowledge distillation (Hinton et al.): the KD-only control and GWTN's stage 3.
 
-loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T)),
-the teacher run in inference mode and never differentiated.
+loss = (1 - alpha) * task loss + alpha * T^2 * KL(softmax(t / T) || softmax(s / T)),
+the teacher run in inference mode and never differentiated. For a BERT the task loss is the
+MLM loss and the KL is taken between the vocabulary distributions at the masked positions.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from gwtn_jax.methods import base
+from gwtn_jax.methods import tasks as tasks_lib
 from gwtn_jax.methods.supervised import Supervised
 
 
 class Distill(Supervised):
   """Supervised training of `model` plus KD from `teacher_model` (variables come per step)."""
 
-  def __init__(self, model: nn.Module, teacher_model: nn.Module, steps: int, alpha: float,
-               temperature: float):
-    super().__init__(model, steps)
+  def __init__(self, model: nn.Module, teacher_model: nn.Module, task: tasks_lib.Task,
+               steps: int, alpha: float, temperature: float):
+    super().__init__(model, task, steps)
     self.teacher_model = teacher_model
     self.alpha = alpha
     self.temperature = temperature
 
   def loss(self, phase, params, state, teacher, batch, rng):
     del phase
-    logits, batch_stats = base.apply_classifier(
-        self.model, {'params': params, **state}, batch['image'], train=True, rng=rng)
-    teacher_logits = jax.lax.stop_gradient(
-        self.teacher_model.apply(teacher, batch['image'], train=False))
-    ce = jnp.mean(base.cross_entropy(logits, batch['label']))
-    kd = jnp.mean(base.kd_loss(logits, teacher_logits, self.temperature))
-    loss = (1.0 - self.alpha) * ce + self.alpha * kd
-    accuracy = base.batch_accuracy(logits, batch['label'])
-    return loss, ({'batch_stats': batch_stats}, {'accuracy': accuracy, 'ce': ce, 'kd': kd})
+    logits, state = self._outputs(params, state, batch, rng)
+    teacher_logits, _ = self.task.outputs(self.teacher_model, teacher, batch, train=False)
+    teacher_logits = jax.lax.stop_gradient(teacher_logits)
+    task_loss, metrics = self.task.loss(logits, batch)
+    kd = self.task.kd(logits, teacher_logits, batch, self.temperature)
+    loss = (1.0 - self.alpha) * task_loss + self.alpha * kd
+    return loss, (state, dict(metrics, task_loss=task_loss, kd=kd))

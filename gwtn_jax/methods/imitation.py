@@ -27,8 +27,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gwtn_jax.methods import base
+from gwtn_jax.methods import tasks as tasks_lib
 
 
 def imitated_points(thin: nn.Module, wide: nn.Module, config) -> list[tuple[str, str]]:
@@ -104,13 +106,14 @@ class Imitation(base.Method):
   Args:
     thin: the thin network (the student).
     wide: the teacher; its variables arrive with every step.
+    task: how both networks read a batch (`gwtn_jax.methods.tasks`).
     config: the `imitate` config.
   """
 
   curve_metric = 'imitation_loss'
 
-  def __init__(self, thin: nn.Module, wide: nn.Module, config):
-    self.thin, self.wide, self.config = thin, wide, config
+  def __init__(self, thin: nn.Module, wide: nn.Module, task: tasks_lib.Task, config):
+    self.thin, self.wide, self.task, self.config = thin, wide, task, config
     self.points = imitated_points(thin, wide, config)
     self.weights = tuple(float(w) for w in config.point_weights) or (1.0,) * len(self.points)
     thin_ch, wide_ch = thin.point_channels(), wide.point_channels()
@@ -125,12 +128,16 @@ class Imitation(base.Method):
     # The thin modules that produce each imitated point: with stage granularity, every block
     # of the stage.
     order = list(thin.point_names())
-    self._segments = []
+    self._segments, self._segment_points = [], []
     start = 0
     for tp, _ in self.points:
       end = order.index(tp) + 1
       self._segments.append(tuple(m for p in order[start:end] for m in thin.point_modules(p)))
+      self._segment_points.append(tuple(order[start:end]))
       start = end
+    # Modules whose parameters stack several points' layers (a scanned BERT's 'encoder'):
+    # their masks are per slice.
+    self._stacked = thin.stacked_modules()
 
   # --- Phases --------------------------------------------------------------------------------
 
@@ -160,7 +167,7 @@ class Imitation(base.Method):
 
   def init(self, rng, batch, init=None):
     # The thin network starts from the same key as the other thin stages of this seed.
-    student = base.overlay(self.thin.init(rng, batch['image'], train=False), init)
+    student = base.overlay(self.task.init(self.thin, rng, batch), init)
     keys = iter(jax.random.split(jax.random.fold_in(rng, 1), len(self.up) + len(self.down) + 1))
     params = {
         'student': student['params'],
@@ -168,16 +175,25 @@ class Imitation(base.Method):
         'down': {tp: _projection(next(keys), *widths, zero=False)
                  for tp, widths in self.down.items()},
     }
-    return {'params': params, 'batch_stats': student['batch_stats']}
+    return {'params': params, **{k: v for k, v in student.items() if k != 'params'}}
 
   def trainable(self, phase, params):
     segments = self._trainable_segments(phase)
     modules = {m for i in segments for m in self._segments[i]}
+    points = {p for i in segments for p in self._segment_points[i]}
     active_points = {self.points[i][0] for i in self._active(phase)}
     fed_points = {self.points[i - 1][0] for i in self._active(phase) if i > 0}
     mark = lambda tree, on: jax.tree.map(lambda _: on, tree)
+
+    def student_mask(name):
+      if name not in self._stacked or name not in modules:
+        return name in modules
+      slices = np.array([p in points for p in self._stacked[name]])
+      return bool(slices[0]) if (slices == slices[0]).all() else slices
+
     return {
-        'student': {name: mark(sub, name in modules) for name, sub in params['student'].items()},
+        'student': {name: mark(sub, student_mask(name))
+                    for name, sub in params['student'].items()},
         'up': {tp: mark(k, tp in active_points) for tp, k in params['up'].items()},
         'down': {tp: mark(k, tp in fed_points) for tp, k in params['down'].items()},
     }
@@ -187,7 +203,9 @@ class Imitation(base.Method):
     last_thin, last_wide = self.points[-1]
     thin_last_block = [p for p in self.thin.point_names() if p != 'pre_logits'][-1]
     wide_last_block = [p for p in self.wide.point_names() if p != 'pre_logits'][-1]
+    # Only a linear head (a ResNet's) merges exactly; a BERT's MLM head keeps its own.
     if (self.config.init_head_from_teacher and teacher is not None
+        and 'head' in teacher['params'] and 'head' in params
         and last_thin == thin_last_block and last_wide == wide_last_block):
       # Average pooling commutes with the 1x1 projection, so the teacher's head composed with
       # the last projection is exactly the head that reads the projected thin features.
@@ -195,44 +213,47 @@ class Imitation(base.Method):
       if last_thin in self.up:
         kernel = variables['params']['up'][last_thin] @ kernel
       params['head'] = {'kernel': kernel, 'bias': teacher['params']['head']['bias']}
-    return {'params': params, 'batch_stats': variables['batch_stats']}
+    return {'params': params, **{k: v for k, v in variables.items() if k != 'params'}}
 
   # --- Loss ----------------------------------------------------------------------------------
 
-  def _point_losses(self, phase, params, batch_stats, teacher, images, train):
-    """Per-example losses of the active points, and the thin network's new BatchNorm stats."""
+  def _point_losses(self, phase, params, state, teacher, batch, train, rng=None):
+    """Per-example losses of the active points, and the thin network's new state."""
     active = self._active(phase)
     order = list(self.wide.point_names())
     needed = [self.points[i][1] for i in active]
     if self.config.inputs == 'teacher':
       needed += [self.points[i - 1][1] for i in active if i > 0]
     wide_stop = max(needed, key=order.index)
-    _, wide_out = self.wide.apply(teacher, images, train=False, stop_at=wide_stop,
-                                  mutable=['intermediates'])
-    targets = {name: jax.lax.stop_gradient(v[0]) for name, v in wide_out['intermediates'].items()}
+    _, wide_out = self.task.forward(self.wide, teacher, batch, train=False, stop_at=wide_stop,
+                                    mutable=['intermediates'])
+    targets = {name: jax.lax.stop_gradient(v)
+               for name, v in self.wide.read_points(wide_out['intermediates']).items()}
 
-    mutable = ['intermediates', 'batch_stats'] if train else ['intermediates']
     outputs = {}
     if self.config.inputs == 'own':
       top = self.points[max(active)][0]
-      _, out = self.thin.apply({'params': params['student'], 'batch_stats': batch_stats}, images,
-                               train=train, stop_at=top, mutable=mutable)
-      outputs = {self.points[i][0]: out['intermediates'][self.points[i][0]][0] for i in active}
-      batch_stats = out.get('batch_stats', batch_stats)
+      _, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
+                                 train=train, rng=rng, stop_at=top, mutable=['intermediates'])
+      points = self.thin.read_points(out.pop('intermediates'))
+      outputs = {self.points[i][0]: points[self.points[i][0]] for i in active}
+      state = {**state, **out}
     else:
       for i in active:
         thin_point = self.points[i][0]
         if i == 0:
-          x, start = images, None
+          x, start = None, None
         else:
           start, prev_wide = self.points[i - 1]
           x = targets[prev_wide]
           if start in self.down:
             x = _project(params['down'][start], x)
-        y, out = self.thin.apply({'params': params['student'], 'batch_stats': batch_stats}, x,
-                                 train=train, start_after=start, stop_at=thin_point, mutable=mutable)
+        step_rng = None if rng is None else jax.random.fold_in(rng, i)
+        y, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
+                                   train=train, rng=step_rng, inputs=x, start_after=start,
+                                   stop_at=thin_point)
         outputs[thin_point] = y
-        batch_stats = out.get('batch_stats', batch_stats)
+        state = {**state, **out}
 
     losses = {}
     for i in active:
@@ -246,27 +267,35 @@ class Imitation(base.Method):
       if self.config.normalize:
         s, t = _layer_norm(s), _layer_norm(t)
       err = jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32))
-      losses[thin_point] = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+      positions = self.task.position_weights(batch)
+      if positions is None:
+        losses[thin_point] = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+      else:  # Padding tokens are not imitated.
+        per_token = jnp.mean(err, axis=-1)
+        losses[thin_point] = (jnp.sum(per_token * positions, axis=-1)
+                              / jnp.maximum(jnp.sum(positions, axis=-1), 1.0))
     weights = jnp.asarray([self.weights[i] for i in active])
     total = sum(w * losses[self.points[i][0]] for w, i in zip(weights, active)) / jnp.maximum(
         jnp.sum(weights), 1e-12)
-    return total, losses, batch_stats
+    return total, losses, state
 
   def loss(self, phase, params, state, teacher, batch, rng):
-    del rng
-    old_stats = state['batch_stats']
-    total, losses, new_stats = self._point_losses(phase, params, old_stats, teacher,
-                                                  batch['image'], train=True)
-    # Frozen modules keep their statistics too.
-    segments = self._trainable_segments(phase)
-    modules = {m for i in segments for m in self._segments[i]}
-    new_stats = {name: (new_stats[name] if name in modules else old) for name, old in old_stats.items()}
+    total, losses, new_state = self._point_losses(phase, params, state, teacher, batch,
+                                                  train=True, rng=rng)
+    if 'batch_stats' in state:
+      # Frozen modules keep their statistics too.
+      segments = self._trainable_segments(phase)
+      modules = {m for i in segments for m in self._segments[i]}
+      new_state['batch_stats'] = {
+          name: (new_state['batch_stats'][name] if name in modules else old)
+          for name, old in state['batch_stats'].items()}
     metrics = {f'mse/{name}': jnp.mean(v) for name, v in losses.items()}
-    return jnp.mean(total), ({'batch_stats': new_stats}, metrics)
+    return jnp.mean(total), (new_state, metrics)
 
   def eval_metrics(self, phase, variables, teacher, batch):
-    total, losses, _ = self._point_losses(phase, variables['params'], variables['batch_stats'],
-                                          teacher, batch['image'], train=False)
+    state = {k: v for k, v in variables.items() if k != 'params'}
+    total, losses, _ = self._point_losses(phase, variables['params'], state, teacher, batch,
+                                          train=False)
     mask = batch['mask']
     sums = {f'mse/{name}': jnp.sum(v * mask) for name, v in losses.items()}
     sums.update(imitation_loss=jnp.sum(total * mask), count=jnp.sum(mask))

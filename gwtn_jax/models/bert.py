@@ -12,7 +12,9 @@ For imitation (Go Wide, Then Narrow) the model:
   sown stacked as one entry, 'layers' [L, B, T, H]; :func:`layer_outputs` gives the same
   name -> array dict in both modes;
 * can stop after a point (``stop_at``): later layers are not traced at all (under
-  ``scan_layers`` the scan runs over the first k slices of the stacked parameters).
+  ``scan_layers`` the scan runs over the first k slices of the stacked parameters);
+* can start after a point (``start_after``): it then takes that point's [B, T, H] output
+  as its input and runs only the layers that follow (teacher-fed imitation, LIT).
 
 ``width_multiplier`` makes the wide network of GWTN: it scales the hidden size, the number of
 heads (the head size stays ``head_size``) and the FFN size; 4/3 turns BERT-Base into
@@ -366,10 +368,38 @@ class Bert(nn.Module):
     """All imitation points, bottom to top: ('embeddings', 'layer_1', ..., 'layer_L')."""
     return ('embeddings',) + tuple(f'layer_{i + 1}' for i in range(self.num_layers))
 
+  def stage_point_names(self) -> tuple[str, ...]:
+    """BERT has no stages: stage granularity is refused with a one-line error."""
+    raise ValueError("imitate.granularity='stage' applies to ResNets; a BERT imitates every "
+                     "layer: use 'block'")
+
   def point_channels(self) -> dict[str, int]:
     """Width (last axis) of every point's output, for sizing projections."""
     hidden = self.dims().hidden
     return {name: hidden for name in self.point_names()}
+
+  def read_points(self, intermediates: Mapping[str, Any]) -> dict[str, Any]:
+    """point name -> output, from the ``intermediates`` collection (both layer modes)."""
+    return layer_outputs(intermediates, self.num_layers)
+
+  def stacked_modules(self) -> dict[str, tuple[str, ...]]:
+    """Modules whose parameters stack several points' layers, with the point of each slice.
+
+    Under ``scan_layers`` every layer lives in 'encoder', slice i being layer i + 1.
+    """
+    if not self.scan_layers:
+      return {}
+    return {'encoder': self.point_names()[1:]}
+
+  def head_modules(self) -> tuple[str, ...]:
+    """The top-level parameters of the output heads (what a linear probe trains)."""
+    heads = ('final_norm',) if self.pre_layer_norm else ()
+    heads += ('mlm_head', 'pooler')
+    if self.nsp_head:
+      heads += ('nsp',)
+    if self.num_classes:
+      heads += ('classifier',)
+    return heads
 
   def point_modules(self, name: str) -> tuple[str, ...]:
     """Names of the top-level submodules (keys of ``params``) that compute a point.
@@ -395,7 +425,8 @@ class Bert(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
-               train: bool = False, stop_at: Optional[str] = None, head: str = 'mlm'):
+               train: bool = False, start_after: Optional[str] = None,
+               stop_at: Optional[str] = None, head: str = 'mlm', mlm_positions=None):
     """Runs the network, or its bottom up to a point.
 
     Every computed point is sown into ``intermediates`` (as a 1-tuple): 'embeddings', and
@@ -406,14 +437,20 @@ class Bert(nn.Module):
     (``num_classes``); 'nsp' / 'classify' create only the pooler and their head.
 
     Args:
-      input_ids: [B, T] int token ids.
+      input_ids: [B, T] int token ids, or, with ``start_after``, the [B, T, H] output of
+        that point.
       token_type_ids: [B, T] int segment ids; zeros when None.
       attention_mask: [B, T], 1 for real tokens and 0 for padding; all ones when None.
       train: enables dropout (needs the 'dropout' rng).
+      start_after: a point name; only the layers after it run, on ``input_ids`` as hidden
+        states.
       stop_at: a point name; nothing after it runs and its [B, T, H] output (in ``dtype``)
         is returned.
       head: 'mlm' ([B, T, vocab] logits), 'nsp' ([B, 2]), 'classify' ([B, num_classes]) or
         'none' (the final [B, T, H] hidden states, after 'final_norm' when pre-LN).
+      mlm_positions: [B, P] int positions: the MLM head runs at those positions only
+        ([B, P, vocab] logits), as BERT's pre-training does (the vocabulary projection is
+        the largest matmul of a small BERT).
 
     Returns:
       float32 logits of ``head``, or the hidden states described above.
@@ -428,16 +465,21 @@ class Bert(nn.Module):
       raise ValueError("head='nsp' needs model.nsp_head=True")
     if head == 'classify' and self.num_classes == 0:
       raise ValueError("head='classify' needs model.num_classes > 0")
+    first = 0 if start_after is None else self._point_index(start_after, 'start_after') + 1
     stop = None if stop_at is None else self._point_index(stop_at, 'stop_at')
-    if input_ids.ndim != 2:
-      raise ValueError(f'expected [B, T] input_ids, got shape {input_ids.shape}')
+    if stop is not None and first > stop:
+      raise ValueError(f'start_after={start_after!r} must come before stop_at={stop_at!r}')
+    expected = '[B, T]' if first == 0 else '[B, T, H] hidden states'
+    if input_ids.ndim != (2 if first == 0 else 3):
+      raise ValueError(f'expected {expected} input_ids, got shape {input_ids.shape}')
     if input_ids.shape[1] > self.max_position:
       raise ValueError(f'sequence length {input_ids.shape[1]} exceeds '
                        f'model.max_position={self.max_position}')
+    batch_shape = input_ids.shape[:2]
     if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
+      token_type_ids = jnp.zeros(batch_shape, jnp.int32)
     if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
+      attention_mask = jnp.ones(batch_shape, jnp.int32)
     mask = (attention_mask > 0)[:, None, None, :]
     deterministic = not train
 
@@ -446,10 +488,13 @@ class Bert(nn.Module):
         type_vocab_size=self.type_vocab_size, dropout_rate=self.dropout_rate,
         layer_norm_eps=self.layer_norm_eps, pre_layer_norm=self.pre_layer_norm,
         dtype=self.dtype, param_dtype=self.param_dtype, name='embedder')
-    x = embedder(input_ids, token_type_ids, deterministic)
-    self.sow('intermediates', 'embeddings', x)
-    if stop == 0:
-      return x
+    if first == 0:
+      x = embedder(input_ids, token_type_ids, deterministic)
+      self.sow('intermediates', 'embeddings', x)
+      if stop == 0:
+        return x
+    else:
+      x = jnp.asarray(input_ids, self.dtype)
 
     layer_kwargs = dict(
         hidden=d.hidden, num_heads=d.num_heads, head_size=d.head_size,
@@ -457,12 +502,13 @@ class Bert(nn.Module):
         attention_dropout_rate=self.attention_dropout_rate,
         layer_norm_eps=self.layer_norm_eps, pre_layer_norm=self.pre_layer_norm,
         deterministic=deterministic, dtype=self.dtype, param_dtype=self.param_dtype)
-    last = self.num_layers if stop is None else stop  # layers 1..last run
+    last = self.num_layers if stop is None else stop  # layers first..last run
+    first = max(first, 1)
     if self.scan_layers:
-      x = self._scan(x, mask, last, layer_kwargs)
+      x = self._scan(x, mask, first, last, layer_kwargs)
     else:
       layer_cls = nn.remat(BertLayer) if self.remat else BertLayer
-      for i in range(1, last + 1):
+      for i in range(first, last + 1):
         x = layer_cls(**layer_kwargs, name=layer_module_name(i))(x, mask)
         self.sow('intermediates', f'layer_{i}', x)
     if stop is not None:
@@ -475,10 +521,13 @@ class Bert(nn.Module):
 
     outputs = {}
     if head == 'mlm':
+      y = x
+      if mlm_positions is not None:
+        y = jnp.take_along_axis(x, mlm_positions[..., None].astype(jnp.int32), axis=1)
       outputs['mlm'] = MlmHead(
           vocab_size=self.vocab_size, hidden=d.hidden, layer_norm_eps=self.layer_norm_eps,
           dtype=self.dtype, param_dtype=self.param_dtype, name='mlm_head')(
-              x, embedder.attend)
+              y, embedder.attend)
     # At init ('mlm') every enabled head is created, so one init serves every head.
     want_nsp = head == 'nsp' or (head == 'mlm' and self.nsp_head and self.is_initializing())
     want_cls = head == 'classify' or (
@@ -496,27 +545,31 @@ class Bert(nn.Module):
                                          jnp.float32)
     return outputs[head]
 
-  def _scan(self, x, mask, last: int, layer_kwargs: Mapping[str, Any]):
-    """Runs layers 1..last under nn.scan and sows their outputs stacked as 'layers'.
+  def _scan(self, x, mask, first: int, last: int, layer_kwargs: Mapping[str, Any]):
+    """Runs layers first..last (1-based) under nn.scan; sows their outputs as 'layers'.
 
-    With last < num_layers (stop_at) the scan runs over the first ``last`` slices of the
-    stacked parameters only, so later layers cost nothing. At init it always creates all
-    ``num_layers`` layers.
+    The scan runs over the slices [first - 1, last) of the stacked parameters only, so
+    layers outside cost nothing. The sown stack always starts at layer 1: with
+    ``first > 1`` the layers below are not computed and not sown (read them with
+    :func:`layer_outputs` only when ``first == 1``). At init it creates all layers.
     """
     body = nn.remat(_ScanLayer, prevent_cse=False) if self.remat else _ScanLayer
-    length = self.num_layers if self.is_initializing() else last
+    if self.is_initializing():
+      first, last = 1, self.num_layers
+    length = last - first + 1
     encoder_cls = nn.scan(
         body, variable_axes={'params': 0, 'intermediates': 0},
         split_rngs={'params': True, 'dropout': True}, in_axes=(nn.broadcast,),
         length=length, metadata_params={nn.PARTITION_NAME: 'layers'})
     if length < self.num_layers:
+      lo = first - 1
       encoder_cls = nn.map_variables(
           encoder_cls, 'params',
-          trans_in_fn=lambda tree: jax.tree.map(lambda a: a[:length], tree))
+          trans_in_fn=lambda tree: jax.tree.map(lambda a: a[lo:lo + length], tree))
     x, ys = encoder_cls(**layer_kwargs, name='encoder')(x, mask)
-    ys = ys[:last]
-    self.sow('intermediates', 'layers', ys)
-    return x if length == last else ys[-1]
+    if first == 1:
+      self.sow('intermediates', 'layers', ys)
+    return x
 
 
 def layer_outputs(intermediates: Mapping[str, Any], num_layers: int) -> dict[str, Any]:

@@ -325,6 +325,18 @@ class ResNet(nn.Module):
       return ()
     return (block_module_name(name),)
 
+  def read_points(self, intermediates) -> dict[str, Any]:
+    """point name -> output, from the ``intermediates`` collection."""
+    return {name: value[0] for name, value in intermediates.items()}
+
+  def stacked_modules(self) -> dict[str, tuple[str, ...]]:
+    """Modules whose parameters stack several points' layers: none in a ResNet."""
+    return {}
+
+  def head_modules(self) -> tuple[str, ...]:
+    """The top-level parameters of the output head (what a linear probe trains)."""
+    return ('head',)
+
   def _point_index(self, name: str, arg: str) -> int:
     names = self.point_names()
     if name not in names:

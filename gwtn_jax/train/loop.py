@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh
 
 from gwtn_jax.methods import base
+from gwtn_jax.methods import tasks as tasks_lib
 from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import checkpoint as checkpoint_lib
 from gwtn_jax.train import metrics as metrics_lib
@@ -50,6 +51,7 @@ class StageSpec:
     name: unique in the run, e.g. 'wide' or 'seed1/thin_kd'; names logs and metrics.
     method: the recipe.
     model: the network `method.export` gives variables of (to restore the stage's output).
+    task: what that network does (`gwtn_jax.methods.tasks`): its inputs' shapes.
     optimizer: the stage's optimizer config.
     batch_size / eval_batch_size: global batch sizes.
     init_seed: the key the method initializes from (the same for every thin stage of a seed,
@@ -62,6 +64,7 @@ class StageSpec:
   name: str
   method: base.Method
   model: nn.Module
+  task: tasks_lib.Task
   optimizer: Any
   batch_size: int
   eval_batch_size: int
@@ -83,12 +86,6 @@ class StageResult:
   steps: int
   wall_s: float
   curve_metric: str
-
-
-def sample_batch(data) -> dict[str, np.ndarray]:
-  """A one-example batch for initialization (only its shapes matter)."""
-  return {'image': np.zeros((1,) + tuple(data.info.image_shape), np.float32),
-          'label': np.zeros((1,), np.int32)}
 
 
 def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Method,
@@ -140,19 +137,20 @@ def _variables(state: state_lib.TrainState) -> dict[str, Any]:
   return {'params': state.params, **state.model_state}
 
 
-def model_abstract_variables(model: nn.Module, sample, mesh: Mesh, rules):
+def model_abstract_variables(model: nn.Module, task: tasks_lib.Task, mesh: Mesh, rules):
   """Shapes and shardings of a plain network's variables (for restoring a stage's output)."""
-  boxed = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
-                         sample['image'])
+  boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
+                         task.sample_batch())
   shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
   shapes = nn.meta.unbox(boxed)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, shardings)
 
 
-def load_stage_output(stage_dir: str, model: nn.Module, sample, mesh: Mesh, rules):
+def load_stage_output(stage_dir: str, model: nn.Module, task: tasks_lib.Task, mesh: Mesh,
+                      rules):
   """Restores a finished stage's network straight into this mesh's shardings."""
-  target = model_abstract_variables(model, sample, mesh, rules)
+  target = model_abstract_variables(model, task, mesh, rules)
   return checkpoint_lib.restore_final(os.path.join(stage_dir, 'final'), target)
 
 
@@ -240,7 +238,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
 
   Args:
     spec: the stage.
-    data: an `ImageData` (anything with `info`, `train_batches`, `eval_batches`).
+    data: the stage's data (`ImageData`, `TextData`, `ClassifyData`: anything with
+      `train_batches` and `eval_batches` giving the batches of `spec.task`).
     mesh: the device mesh; rules: the logical-axis rules.
     stage_dir: the stage's folder in the workdir.
     writer_dir: the stage's TensorBoard folder.
@@ -256,7 +255,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     NonFiniteError: a NaN or Inf in the loss or gradients under the 'stop' policy.
     checkpoint_lib.CheckpointError: a checkpoint could not be written.
   """
-  sample = sample_batch(data)
+  sample = spec.task.sample_batch()
   method = spec.method
   phases = list(method.phases())
   total_steps = sum(p.steps for p in phases)
@@ -266,7 +265,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
       checkpoint_lib.warn(f'{spec.name} finished at {done["steps"]} steps; the config now asks '
                           f'for {total_steps}, which is ignored: a finished stage is never run '
                           'again (use a new workdir to run it longer)')
-    variables = load_stage_output(stage_dir, spec.model, sample, mesh, rules)
+    variables = load_stage_output(stage_dir, spec.model, spec.task, mesh, rules)
     return StageResult(spec.name, variables, done['metrics'], done['history'], done['steps'],
                        done['wall_s'], done['curve_metric'])
 

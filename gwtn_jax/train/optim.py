@@ -9,8 +9,9 @@ Fields of an optimizer config (see `gwtn_jax.config_lib.optimizer_config`):
     the ResNet papers); AdamW decouples it (Loshchilov and Hutter)
   weight_decay_on: 'all' | 'kernels' (matrices and conv kernels only; biases, BatchNorm and
     LayerNorm parameters are not decayed)
-  schedule: 'constant' | 'cosine' (to `final_lr_fraction` * peak) | 'step' (x `decay_factor` at
-    each of `decay_boundaries`, given as fractions of the schedule's length)
+  schedule: 'constant' | 'cosine' (to `final_lr_fraction` * peak) | 'linear' (to
+    `final_lr_fraction` * peak; BERT's) | 'step' (x `decay_factor` at each of
+    `decay_boundaries`, given as fractions of the schedule's length)
   warmup_steps: linear warmup from 0 to the peak, inside the schedule's length
   grad_clip_norm: 0 = no clipping
 
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('constant', 'cosine', 'step')
+SCHEDULES = ('constant', 'cosine', 'linear', 'step')
 
 
 def make_schedule(config, total_steps: int, period: int | None = None) -> optax.Schedule:
@@ -40,6 +41,8 @@ def make_schedule(config, total_steps: int, period: int | None = None) -> optax.
     main = optax.constant_schedule(peak)
   elif config.schedule == 'cosine':
     main = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.final_lr_fraction)
+  elif config.schedule == 'linear':
+    main = optax.linear_schedule(peak, peak * config.final_lr_fraction, decay_steps)
   elif config.schedule == 'step':
     boundaries = {
         int(round(fraction * length)) - warmup: config.decay_factor
