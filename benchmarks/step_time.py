@@ -78,17 +78,9 @@ def main(argv):
   row('teacher forward (wide, inference)',
       _time(lambda: forward(teacher, batch).block_until_ready(), _STEPS.value, _REPEATS.value))
 
-  def methods():
-    for stage in config.stages:
-      if stage == 'downstream':
-        down_batch = first_batch(exp.downstream.data)
-        for role in builders.ROLES:
-          method, _ = builders.build_downstream_method(config, role, exp)
-          yield f'downstream ({role})', stage, method, exp.downstream.task, down_batch
-      else:
-        yield stage, stage, builders.build_method(config, stage, exp)[0], task, batch
-
-  for label, stage, method, stage_task, stage_batch in methods():
+  down_batch = first_batch(exp.downstream.data) if exp.downstream else None
+  for label, stage, method, stage_task in builders.stage_methods(config, exp):
+    stage_batch = down_batch if stage == 'downstream' else batch
     stage_sample = stage_task.sample_batch()
     phases = list(method.phases())
     if len(phases) > 2:

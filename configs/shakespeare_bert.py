@@ -38,14 +38,15 @@ def get_config(arg: str = ''):
   config = config_lib.base_config()
   config.model.name = 'bert_mini'
   config.model.pre_layer_norm = True
-  config.model.dropout_rate = 0.1
-  config.model.attention_dropout_rate = 0.1
+  config.model.dropout_rate = 0.0
+  config.model.attention_dropout_rate = 0.0
   config.thin_width = 0.5
   config.wide_width = 1.0
-  config.data = config_lib.text_data_config(name='shakespeare', vocab_size=8000, seq_len=128)
+  config.data = config_lib.text_data_config(name='shakespeare', vocab_size=8000, seq_len=64,
+                                            num_eval_examples=1024)
   config.stages = config_lib.STAGES
 
-  config.batch_size = 32
+  config.batch_size = 16
   config.eval_batch_size = 128
   config.log_every = 50
   config.eval_every = 200
@@ -56,28 +57,28 @@ def get_config(arg: str = ''):
                                        weight_decay=0.01, weight_decay_on='kernels',
                                        schedule='cosine', warmup_steps=warmup, **kw)
 
-  config.wide.steps = 1500
-  config.wide.optimizer = adamw(1e-3, 100)
-  config.thin_scratch.optimizer = adamw(1e-3, 100)
-  config.thin_kd.optimizer = adamw(1e-3, 100)
+  config.wide.steps = 1200
+  config.wide.optimizer = adamw(1e-3, 50)
+  config.thin_scratch.optimizer = adamw(1e-3, 50)
+  config.thin_kd.optimizer = adamw(1e-3, 50)
   config.thin_kd.alpha = 0.5
   config.thin_kd.temperature = 1.0
 
   config.imitate.granularity = 'block'
-  config.imitate.steps_per_point = 50
+  config.imitate.steps_per_point = 40
   config.imitate.normalize = True
   config.imitate.optimizer = adamw(1e-3, 5)
   config.probe.steps = 100
-  config.probe.optimizer = adamw(1e-3, 10)
+  config.probe.optimizer = adamw(3e-3, 10)
   config.finetune.steps = 500
-  config.finetune.optimizer = adamw(1e-3, 50)
+  config.finetune.optimizer = adamw(1e-3, 40)
   config.finetune.alpha = 0.5
   config.finetune.temperature = 1.0
 
   config.downstream.steps = 200
-  config.downstream.batch_size = 32
+  config.downstream.batch_size = 16
   config.downstream.eval_every = 100
-  config.downstream.optimizer = adamw(2e-4, 20)
+  config.downstream.optimizer = adamw(5e-4, 30)
 
   if arg == 'smoke':
     config.data.plays = ('hamlet', 'the-tempest', 'macbeth', 'cymbeline')

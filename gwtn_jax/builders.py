@@ -58,29 +58,76 @@ def max_predictions(seq_len: int, mask_rate: float) -> int:
   return max(1, math.ceil(mask_rate * (seq_len - 2)))
 
 
-def build_experiment(config) -> Experiment:
-  """The mesh, this process's data and the thin and wide networks of a (validated) config."""
+# (image shape, classes) of the image datasets, for planning without reading them.
+_IMAGE_SHAPES = {'fashion_mnist_idx': ((28, 28, 1), 10), 'fashion_mnist': ((28, 28, 1), 10),
+                 'cifar10': ((32, 32, 3), 10)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticInfo:
+  """What the networks need to know of the data, known from the config alone."""
+  image_shape: tuple[int, ...] = ()
+  num_classes: int = 0
+  vocab_size: int = 0
+  seq_len: int = 0
+  downstream_classes: int = 0
+
+
+def static_data_info(config) -> StaticInfo:
+  """The data's shapes from the config, without reading the data (for planning).
+
+  A BERT's vocabulary is its `vocab.txt`'s size or `data.vocab_size`; the downstream task is
+  taken as binary unless `model.num_classes` says otherwise (it barely changes the memory).
+  """
+  d = config.data
+  if config_lib.is_text(config):
+    vocab = d.vocab_size
+    if d.vocab_file:
+      with open(d.vocab_file, encoding='utf-8') as f:
+        vocab = sum(1 for _ in f)
+    return StaticInfo(vocab_size=vocab, seq_len=d.seq_len,
+                      downstream_classes=config.model.num_classes or 2)
+  if d.name == 'imagenet2012':
+    shape, classes = (d.image_size, d.image_size, 3), 1000
+  elif d.name == 'synthetic':
+    shape, classes = tuple(d.synthetic_image_shape), d.synthetic_num_classes
+  else:
+    shape, classes = _IMAGE_SHAPES[d.name]
+  return StaticInfo(image_shape=tuple(shape), num_classes=config.model.num_classes or classes)
+
+
+def build_experiment(config, static: bool = False) -> Experiment:
+  """The mesh, this process's data and the thin and wide networks of a (validated) config.
+
+  Args:
+    config: the run's config.
+    static: build the networks and tasks from the config alone, without any data
+      (`data` and `downstream.data` are None): for planning.
+  """
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules_from_config(config.mesh.rules)
+  info = static_data_info(config) if static else None
   if not config_lib.is_text(config):
-    data = data_lib.build_image_data(config.data, **where)
-    num_classes = config.model.num_classes or data.info.num_classes
+    data = None if static else data_lib.build_image_data(config.data, **where)
+    shape = info.image_shape if static else data.info.image_shape
+    num_classes = info.num_classes if static else (config.model.num_classes
+                                                   or data.info.num_classes)
     return Experiment(
-        mesh=mesh, rules=rules, data=data,
-        task=tasks.ImageClassification(data.info.image_shape),
+        mesh=mesh, rules=rules, data=data, task=tasks.ImageClassification(shape),
         thin=build_model(config, 'thin', num_classes), wide=build_model(config, 'wide', num_classes))
 
-  data = data_lib.build_text_data(config.data, **where)
-  vocab, seq_len = data.info.vocab_size, data.info.seq_len
+  data = None if static else data_lib.build_text_data(config.data, **where)
+  vocab, seq_len = ((info.vocab_size, info.seq_len) if static
+                    else (data.info.vocab_size, data.info.seq_len))
   exp = Experiment(
       mesh=mesh, rules=rules, data=data,
       task=tasks.MaskedLM(seq_len, max_predictions(seq_len, config.data.mask_rate)),
       thin=build_model(config, 'thin', 0, vocab), wide=build_model(config, 'wide', 0, vocab))
   if 'downstream' in config.stages:
-    down = data_lib.build_classify_data(config.downstream, data, plays=config.data.plays,
-                                        **where)
-    classes = down.info.num_classes
+    down = None if static else data_lib.build_classify_data(
+        config.downstream, data, plays=config.data.plays, **where)
+    classes = info.downstream_classes if static else down.info.num_classes
     exp.downstream = Downstream(
         data=down, task=tasks.SequenceClassification(seq_len),
         thin=build_model(config, 'thin', classes, vocab),
@@ -100,16 +147,17 @@ def build_model(config, role: str, num_classes: int, vocab_size: int | None = No
   assert role in ROLES, role
   width = config.thin_width if role == 'thin' else config.wide_width
   m = config.model
+  name = m.wide_name if role == 'wide' and m.wide_name else m.name
   if config_lib.is_text(config):
     return models.get_bert(
-        m.name, vocab_size=vocab_size, width_multiplier=width, num_classes=num_classes,
+        name, vocab_size=vocab_size, width_multiplier=width, num_classes=num_classes,
         dtype=jnp.dtype(m.dtype), pre_layer_norm=m.pre_layer_norm, dropout_rate=m.dropout_rate,
         attention_dropout_rate=m.attention_dropout_rate, max_position=m.max_position,
         nsp_head=m.nsp_head, scan_layers=m.scan_layers, remat=m.remat)
   kwargs = dict(num_classes=num_classes, dtype=jnp.dtype(m.dtype), width_multiplier=width)
-  if m.name.startswith('cifar_'):
+  if name.startswith('cifar_'):
     kwargs['stem_strides'] = m.stem_strides
-  return models.get_model(m.name, **kwargs)
+  return models.get_model(name, **kwargs)
 
 
 def build_method(config, stage: str, exp: Experiment) -> tuple[base.Method, nn.Module]:
@@ -140,3 +188,18 @@ def build_downstream_method(config, role: str, exp: Experiment) -> tuple[base.Me
   down = exp.downstream
   model = down.thin if role == 'thin' else down.wide
   return Supervised(model, down.task, config.downstream.steps, partial_init=True), model
+
+
+def stage_methods(config, exp: Experiment):
+  """Every stage's method, in order: yields (label, stage, method, task).
+
+  The downstream stage gives two: its thin and its wide network ('downstream_thin',
+  'downstream_wide'). For benchmarks, the planner and tests that run every step.
+  """
+  for stage in config.stages:
+    if stage == 'downstream':
+      for role in ROLES:
+        method, _ = build_downstream_method(config, role, exp)
+        yield f'downstream_{role}', stage, method, exp.downstream.task
+    else:
+      yield stage, stage, build_method(config, stage, exp)[0], exp.task

@@ -73,6 +73,39 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+# The logical axis names the models annotate parameters with (ResNet, then BERT).
+LOGICAL_AXES = ('conv_in', 'conv_out', 'features', 'classes', 'vocab', 'embed', 'heads', 'kv',
+                'mlp', 'layers')
+# Mesh presets: the mesh shape and where each logical axis goes (unnamed axes: replicated).
+# The batch is always split over data x fsdp.
+MESH_PRESETS = {
+    # Pure data parallelism: every parameter and optimizer moment replicated.
+    'data': (dict(data=-1, fsdp=1, tensor=1), {}),
+    # FSDP (ZeRO-3): each parameter and its optimizer moments split over `fsdp` along its
+    # output-feature axis; XLA all-gathers a layer's weights where it runs.
+    'fsdp': (dict(data=1, fsdp=-1, tensor=1),
+             {'conv_out': 'fsdp', 'features': 'fsdp', 'embed': 'fsdp'}),
+    # FSDP plus tensor parallelism (BERT: heads, FFN and vocabulary over `tensor`,
+    # Megatron-style; the rest as FSDP).
+    'fsdp_tensor': (dict(data=1, fsdp=-1, tensor=2),
+                    {'conv_out': 'fsdp', 'features': 'fsdp', 'embed': 'fsdp',
+                     'heads': 'tensor', 'mlp': 'tensor', 'vocab': 'tensor'}),
+}
+
+
+def mesh_config(preset: str = 'data', **shape) -> ml_collections.ConfigDict:
+  """`config.mesh` of a preset ('data', 'fsdp', 'fsdp_tensor'); `shape` overrides sizes."""
+  if preset not in MESH_PRESETS:
+    raise ConfigError(f'mesh preset {preset!r} is unknown; choose one of {tuple(MESH_PRESETS)}')
+  sizes, placement = MESH_PRESETS[preset]
+  return ml_collections.ConfigDict(dict(
+      shape=dict(sizes, **shape),
+      num_devices=0,  # 0: all devices
+      # Logical axis name -> mesh axes (None: replicated).
+      rules=[['batch', ['data', 'fsdp']]] + [[name, placement.get(name)] for name in LOGICAL_AXES],
+  ))
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a run has, with defaults; config files change what their recipe needs."""
   config = ml_collections.ConfigDict()
@@ -83,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict(dict(
       name='cifar_resnet20',  # a ResNet of gwtn_jax.models.MODELS, or a BERT preset (bert_*)
+      # The wide network's architecture when it is not the thin one widened: e.g. a 24-layer
+      # 'bert_large' teacher for a 'bert_base' student (pair with imitate.layer_map).
+      wide_name='',
       num_classes=0,        # 0: the dataset's
       dtype='float32',      # compute dtype (bfloat16 on TPU); parameters stay float32
       stem_strides=1,       # CIFAR-style stem only (2 takes 28x28 to 14x14)
@@ -116,15 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
       synthetic_num_eval=64,
   ))
 
-  config.mesh = ml_collections.ConfigDict(dict(
-      shape=dict(data=-1, fsdp=1, tensor=1),
-      num_devices=0,  # 0: all devices
-      # Logical axis name -> mesh axes. Pure data parallelism by default: every parameter
-      # replicated, the batch split over data and fsdp.
-      rules=[['batch', ['data', 'fsdp']], ['conv_in', None], ['conv_out', None],
-             ['features', None], ['classes', None], ['vocab', None], ['embed', None],
-             ['heads', None], ['kv', None], ['mlp', None], ['layers', None]],
-  ))
+  config.mesh = mesh_config('data')
 
   config.stages = IMAGE_STAGES
   # A trained wide network to use as the teacher when 'wide' is not among the stages: the
@@ -177,6 +205,7 @@ def text_data_config(**overrides) -> ml_collections.ConfigDict:
       eval_split='test',
       vocab_size=8000,      # WordPiece entries trained on the train split ...
       vocab_file='',        # ... or a BERT vocab.txt
+      vocab_train_examples=1_000_000,  # tfds: train the vocabulary on the first N (0 = all)
       cache_dir='',         # '' = ~/.cache/gwtn_jax/text
       seq_len=128,
       mask_rate=0.15,
@@ -291,8 +320,13 @@ def check_workdir(workdir: str) -> None:
                       'choose a folder you can write to') from None
 
 
-def validate(config, workdir: str) -> None:
+def validate(config, workdir: str | None, data: bool = True) -> None:
   """Checks a whole config before any data is read or anything is compiled.
+
+  Args:
+    config: the config.
+    workdir: the run's folder (None: not checked, for the planner).
+    data: check that the datasets exist (False: the planner, which reads none).
 
   Raises:
     ConfigError: one line naming the field (or path) and what to do.
@@ -301,7 +335,8 @@ def validate(config, workdir: str) -> None:
   from gwtn_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
 
-  check_workdir(workdir)
+  if workdir is not None:
+    check_workdir(workdir)
   stages = tuple(config.stages)
   _require(len(stages) > 0, 'stages is empty; list some of ' + ', '.join(STAGES))
   for stage in stages:
@@ -332,12 +367,18 @@ def validate(config, workdir: str) -> None:
   _require(config.model.dtype in DTYPES, f'model.dtype={config.model.dtype!r} must be one of {DTYPES}')
   for field in ('thin_width', 'wide_width'):
     _require(config[field] > 0, f'{field}={config[field]} must be > 0')
-  _require(config.wide_width >= config.thin_width,
+  if config.model.wide_name:
+    _require(is_text(config) == config.model.wide_name.startswith('bert'),
+             f'model.wide_name={config.model.wide_name!r} and model.name={config.model.name!r} '
+             'must both be BERTs or both ResNets')
+  _require(config.wide_width >= config.thin_width or bool(config.model.wide_name),
            f'wide_width={config.wide_width} is below thin_width={config.thin_width}; the wide '
            'network is the teacher and must be at least as wide')
 
   try:
-    if is_text(config):
+    if not data:
+      pass
+    elif is_text(config):
       data_lib.check_text_config(config.data)
       if 'downstream' in stages:
         data_lib.check_classify_config(config.downstream)
@@ -428,6 +469,35 @@ def validate(config, workdir: str) -> None:
              f'(mesh data x fsdp)')
   _require(config.eval_batch_size % dp == 0,
            f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')
+  _check_shardings(config, sizes)
+
+
+def _check_shardings(config, sizes) -> None:
+  """Every network's parameters split evenly under the mesh rules (traced, not compiled)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods import tasks  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  info = builders.static_data_info(config)
+  rules = mesh_lib.rules_from_config(config.mesh.rules)
+  if is_text(config):
+    networks = [(role, builders.build_model(config, role, classes, info.vocab_size),
+                 tasks.SequenceClassification(info.seq_len) if classes else
+                 tasks.MaskedLM(info.seq_len, 1))
+                for role in builders.ROLES
+                for classes in ((0, info.downstream_classes) if 'downstream' in config.stages
+                                else (0,))]
+  else:
+    networks = [(role, builders.build_model(config, role, info.num_classes),
+                 tasks.ImageClassification(info.image_shape)) for role in builders.ROLES]
+  for role, model, task in networks:
+    boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
+                           task.sample_batch())
+    try:
+      mesh_lib.check_divisible(boxed, sizes, rules, f'the {role} network')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
 
 def _flatten(tree, prefix: str = '') -> dict[str, object]:

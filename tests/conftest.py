@@ -18,7 +18,25 @@ jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
+import itertools  # pylint: disable=g-import-not-at-top
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
 import tiny_config as tiny_config_file  # pylint: disable=g-import-not-at-top
+
+
+def take(iterator, n):
+  """The first n items of an iterator, as a list."""
+  return list(itertools.islice(iterator, n))
+
+
+def assert_batches_equal(a, b):
+  """Two lists of batches (dicts of arrays) are equal, key by key."""
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def tiny_config(arg: str = '', **overrides):

@@ -246,3 +246,21 @@ def test_bert_configs_build(name):
     dims = wide.dims()
     assert (dims.hidden, dims.num_heads, dims.intermediate) == (1024, 16, 4096)
     assert config.wide.steps == 1_000_000 and config.batch_size == 256
+
+
+def test_a_deeper_teacher_needs_and_takes_a_layer_map(tmp_path):
+  """A 4-layer teacher (bert_mini) for a 2-layer student (bert_tiny): layer i -> 2i."""
+  config = tiny_config('bert', **{'model.wide_name': 'bert_mini', 'wide_width': 1.0})
+  _refused(config, tmp_path, r'imitate.layer_map is empty \(identity\) but the thin network has '
+           r'3 points and the teacher 5')
+  config.imitate.layer_map = (0, 2, 4)
+  config_lib.validate(config, str(tmp_path))
+  from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
+  thin = builders.build_model(config, 'thin', 0, vocab_size=300)
+  wide = builders.build_model(config, 'wide', 0, vocab_size=300)
+  assert (thin.num_layers, wide.num_layers) == (2, 4)
+  method = Imitation(thin, wide, tasks.MaskedLM(32, 5), config.imitate)
+  assert method.points == [('embeddings', 'embeddings'), ('layer_1', 'layer_2'),
+                           ('layer_2', 'layer_4')]
+  # Widths 64 -> 256: every point gets an up-projection for the loss.
+  assert method.up == {p: (64, 256) for p in ('embeddings', 'layer_1', 'layer_2')}

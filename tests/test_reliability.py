@@ -32,14 +32,15 @@ LONGER = ['--config.wide.steps=12', '--config.imitate.steps_per_point=3',
 
 
 class Run:
-  """A `python -m gwtn_jax.main` process on the tiny Fashion-MNIST pipeline, logging to a file."""
+  """A `python -m gwtn_jax.main` process on a tiny pipeline (Fashion-MNIST unless told), logging
+  to a file."""
 
-  def __init__(self, workdir, *extra):
+  def __init__(self, workdir, *extra, config='tests/tiny_config.py:fmnist'):
     self.workdir = str(workdir)
     self.log = self.workdir + '.log'
     self._offset = os.path.getsize(self.log) if os.path.exists(self.log) else 0
     env = dict(os.environ, JAX_PLATFORMS='cpu')
-    args = [sys.executable, '-m', 'gwtn_jax.main', '--config=tests/tiny_config.py:fmnist',
+    args = [sys.executable, '-m', 'gwtn_jax.main', f'--config={config}',
             f'--workdir={self.workdir}', *extra]
     with open(self.log, 'a') as f:
       self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -248,3 +249,41 @@ def test_checkpoint_errors_name_the_path(tmp_path):
   target = tmp_path / 'final'
   with pytest.raises(checkpoint_lib.CheckpointError, match=str(target)):
     checkpoint_lib.restore_final(str(target), {'params': {}})
+
+
+BERT = 'tests/tiny_config.py:bert'
+# Dropout on, so that resuming must also reproduce the dropout masks.
+BERT_LONGER = ['--config.wide.steps=6', '--config.imitate.steps_per_point=3',
+               '--config.finetune.steps=6', '--config.downstream.steps=6',
+               '--config.checkpoint_every=1', '--config.model.dropout_rate=0.1']
+BERT_STAGES = ('wide', 'seed0/imitate', 'seed0/finetune', 'downstream/wide',
+               'seed0/downstream/thin_gwtn')
+
+
+def test_bert_pipeline_resumes_bitwise_after_kill_9_and_sigterm(tmp_path):
+  straight = tmp_path / 'straight'
+  run = Run(straight, *BERT_LONGER, config=BERT)
+  assert run.wait() == 0, run.output()
+
+  workdir = tmp_path / 'killed'
+  for stage, after in (('downstream/wide', 3), ('seed0/imitate', 4), ('seed0/finetune', 2)):
+    run = Run(workdir, *BERT_LONGER, config=BERT)
+    run.wait_for(lambda s=stage, a=after: any(n >= a for n in saved_steps(workdir, s)))
+    run.proc.send_signal(signal.SIGKILL)
+    run.wait()
+    assert f'[{stage}] done' not in run.output(), f'{stage} ended before the kill'
+  run = Run(workdir, *BERT_LONGER, config=BERT)
+  run.wait_for(lambda: '[seed0/downstream/thin_scratch] step' in run.output())
+  run.proc.send_signal(signal.SIGTERM)
+  assert run.wait() == 0, run.output()
+  assert 'stopped by SIGTERM' in run.output()
+  run = Run(workdir, *BERT_LONGER, config=BERT)
+  assert run.wait() == 0, run.output()
+  assert '[seed0/downstream/thin_scratch] resuming at step' in run.output()
+  for stage in BERT_STAGES:
+    assert_bitwise_equal(final_params(workdir, stage), final_params(straight, stage), stage)
+  with open(workdir / 'report.json') as f, open(straight / 'report.json') as g:
+    resumed, expected = json.load(f), json.load(g)
+  for key in expected:
+    if 'metrics' in expected[key]:
+      assert resumed[key]['metrics'] == expected[key]['metrics'], key

@@ -1,11 +1,13 @@
 """Tests of the downstream classification data (gwtn_jax/data/classify.py)."""
 
-import itertools
 import types
 
 import ml_collections
 import numpy as np
 import pytest
+
+from conftest import assert_batches_equal
+from conftest import take
 
 pytest.importorskip('tokenizers')
 from gwtn_jax.data import classify  # pylint: disable=g-import-not-at-top
@@ -47,18 +49,6 @@ def text_data(tmp_path_factory):
 @pytest.fixture(scope='session')
 def data(text_data):
   return classify.build_classify_data(_config(), text_data, plays=PLAYS)
-
-
-def _take(it, n):
-  return list(itertools.islice(it, n))
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 # ---------------------------------------------------------------- labels
@@ -158,7 +148,7 @@ def test_balance_classes():
 def test_train_batches(data, text_data):
   info = text_data.info
   gb = 16
-  batches = _take(data.train_batches(global_batch_size=gb, seed=3), 3)
+  batches = take(data.train_batches(global_batch_size=gb, seed=3), 3)
   for b in batches:
     assert b.keys() == {'input_ids', 'attention_mask', 'token_type_ids', 'label'}
     for k in b:
@@ -175,8 +165,8 @@ def test_train_batches(data, text_data):
     assert set(np.unique(b['label'])) <= {0, 1}
   assert any(b['attention_mask'].all(1).any() for b in batches)  # Some are truncated.
   # Deterministic per (seed, step); another seed differs.
-  again = _take(data.train_batches(global_batch_size=gb, seed=3), 3)
-  _assert_batches_equal(batches, again)
+  again = take(data.train_batches(global_batch_size=gb, seed=3), 3)
+  assert_batches_equal(batches, again)
   other = next(data.train_batches(global_batch_size=gb, seed=4))
   assert not np.array_equal(other['input_ids'], batches[0]['input_ids'])
 
@@ -185,10 +175,10 @@ def test_resume_equals_skipping(data):
   n = data.info.num_train_examples
   gb = 64
   steps = n // gb + 3  # Crosses an epoch boundary.
-  full = _take(data.train_batches(global_batch_size=gb, seed=7), steps)
-  resumed = _take(data.train_batches(global_batch_size=gb, seed=7,
+  full = take(data.train_batches(global_batch_size=gb, seed=7), steps)
+  resumed = take(data.train_batches(global_batch_size=gb, seed=7,
                                      start_step=steps - 5), 5)
-  _assert_batches_equal(full[-5:], resumed)
+  assert_batches_equal(full[-5:], resumed)
   # An epoch visits every example once.
   first_epoch = np.concatenate([b['input_ids'] for b in full])[:n]
   assert sorted(map(bytes, first_epoch)) == sorted(map(bytes, data.train.input_ids))
@@ -196,8 +186,8 @@ def test_resume_equals_skipping(data):
 
 def test_two_processes_concatenate(data, text_data):
   gb = 16
-  one = _take(data.train_batches(global_batch_size=gb, seed=1, start_step=5), 3)
-  parts = [_take(classify.build_classify_data(_config(), text_data, plays=PLAYS,
+  one = take(data.train_batches(global_batch_size=gb, seed=1, start_step=5), 3)
+  parts = [take(classify.build_classify_data(_config(), text_data, plays=PLAYS,
                                               process_index=p, process_count=2)
                  .train_batches(global_batch_size=gb, seed=1, start_step=5), 3)
            for p in range(2)]
@@ -237,7 +227,7 @@ def test_eval_covers_every_example_once(data, text_data):
   assert masks.sum() == n
   np.testing.assert_array_equal(ids[masks > 0], data.eval.input_ids)
   np.testing.assert_array_equal(labels[masks > 0], data.eval.labels)
-  _assert_batches_equal(list(data.eval_batches(global_batch_size=gb)),
+  assert_batches_equal(list(data.eval_batches(global_batch_size=gb)),
                         list(data.eval_batches(global_batch_size=gb)))
 
 

@@ -1,12 +1,14 @@
 """Tests of the MLM text data (gwtn_jax/data/text.py, corpus.py)."""
 
-import itertools
 import os
 import re
 
 import ml_collections
 import numpy as np
 import pytest
+
+from conftest import assert_batches_equal
+from conftest import take
 
 pytest.importorskip('tokenizers')
 from gwtn_jax.data import corpus  # pylint: disable=g-import-not-at-top
@@ -37,18 +39,6 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def data(cache_dir):
   return text.build_text_data(_config(cache_dir))
-
-
-def _take(it, n):
-  return list(itertools.islice(it, n))
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 # ---------------------------------------------------------------- corpus
@@ -203,10 +193,10 @@ def test_resume_equals_skipping(data):
   n = len(data.train_sequences)
   gb = 32
   steps = n // gb + 3  # Crosses an epoch boundary.
-  full = _take(data.train_batches(global_batch_size=gb, seed=7), steps)
-  resumed = _take(data.train_batches(global_batch_size=gb, seed=7,
+  full = take(data.train_batches(global_batch_size=gb, seed=7), steps)
+  resumed = take(data.train_batches(global_batch_size=gb, seed=7,
                                      start_step=steps - 5), 5)
-  _assert_batches_equal(full[-5:], resumed)
+  assert_batches_equal(full[-5:], resumed)
   # An epoch visits every sequence once.
   labels_or_ids = np.concatenate(
       [np.where(b['mlm_labels'] >= 0, b['mlm_labels'], b['input_ids']) for b in full])
@@ -216,8 +206,8 @@ def test_resume_equals_skipping(data):
 
 def test_two_processes_concatenate(cache_dir, data):
   gb = 16
-  one = _take(data.train_batches(global_batch_size=gb, seed=1, start_step=5), 3)
-  parts = [_take(text.build_text_data(_config(cache_dir), process_index=p,
+  one = take(data.train_batches(global_batch_size=gb, seed=1, start_step=5), 3)
+  parts = [take(text.build_text_data(_config(cache_dir), process_index=p,
                                       process_count=2)
                  .train_batches(global_batch_size=gb, seed=1, start_step=5), 3)
            for p in range(2)]
@@ -253,7 +243,7 @@ def test_eval_covers_every_sequence_once(cache_dir, data):
   assert masks.sum() == n and masks.dtype == np.float32
   np.testing.assert_array_equal(rows[masks > 0], data.eval_sequences)
   # Fixed masking: a second pass is identical.
-  _assert_batches_equal(list(data.eval_batches(global_batch_size=gb)),
+  assert_batches_equal(list(data.eval_batches(global_batch_size=gb)),
                         list(data.eval_batches(global_batch_size=gb)))
 
 

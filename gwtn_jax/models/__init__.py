@@ -1,7 +1,9 @@
 """Flax linen models that sow their imitation points; they know nothing of training.
 
-`resnet.py`: width-multiplied ResNets (the image pipeline's `get_model`). `bert.py`:
-width-multiplied BERT (`get_bert`), not yet wired into the pipeline.
+`resnet.py`: width-multiplied ResNets (`get_model`). `bert.py`: width-multiplied BERT
+(`get_bert`). Both expose the same imitation interface: `point_names`, `point_channels`,
+`point_modules`, `read_points`, `head_modules`, `stacked_modules`, and `stop_at` /
+`start_after` in their forward pass.
 """
 
 from gwtn_jax.models.bert import BERT_PRESETS

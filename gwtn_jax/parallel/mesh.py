@@ -103,6 +103,41 @@ def logical_shardings(boxed_abstract_tree: Any, mesh: Mesh, rules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def check_divisible(boxed_abstract_tree: Any, sizes: Mapping[str, int], rules, what: str) -> None:
+  """Every annotated axis that the rules split over mesh axes must divide evenly over them.
+
+  Args:
+    boxed_abstract_tree: logically annotated abstract values (e.g. `jax.eval_shape` of an init).
+    sizes: mesh axis -> size.
+    rules: (logical name, mesh axes) pairs; the first match wins, as in flax.
+    what: names the tree in the error, e.g. 'the thin network'.
+
+  Raises:
+    ValueError: one line naming the parameter, its axis and the rule.
+  """
+  first: dict[str, Any] = {}
+  for name, axes in rules:
+    first.setdefault(name, axes)
+
+  def check(path, leaf):
+    if not isinstance(leaf, nn.meta.AxisMetadata):
+      return
+    for dim, name in zip(leaf.unbox().shape, getattr(leaf, 'names', ())):
+      axes = first.get(name) if name else None
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      ways = math.prod(sizes[a] for a in axes)
+      if dim % ways:
+        raise ValueError(
+            f'mesh.rules: {what}\'s {jax.tree_util.keystr(path)} has a {name!r} axis of size '
+            f'{dim}, which the rule {name!r} -> {axes} cannot split {ways} ways; map {name!r} '
+            'to fewer devices (or None) or change mesh.shape')
+
+  jax.tree_util.tree_map_with_path(check, boxed_abstract_tree,
+                                   is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
