@@ -63,8 +63,8 @@ def _per_device_bytes(tree) -> int:
   return total
 
 
-def plan(config, num_devices: int, all_phases: bool = False) -> list[StagePlan]:
-  """Compiles every stage's step of `config` for the current devices; see the module doc."""
+def plan(config, all_phases: bool = False) -> list[StagePlan]:
+  """Compiles every stage's step of `config` on the mesh of `config.mesh`; see the module doc."""
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -73,7 +73,6 @@ def plan(config, num_devices: int, all_phases: bool = False) -> list[StagePlan]:
   from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  del num_devices  # the mesh covers config.mesh.num_devices (main sets it to --devices)
   exp = builders.build_experiment(config, static=True)
   mesh, rules = exp.mesh, exp.rules
   teacher = loop.model_abstract_variables(exp.wide, exp.task, mesh, rules)
@@ -149,7 +148,7 @@ def main(argv):
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  plans = plan(config, num_devices, all_phases=_PHASES.value == 'all')
+  plans = plan(config, all_phases=_PHASES.value == 'all')
   print(format_plans(plans, config, num_devices), flush=True)
 
 

@@ -17,7 +17,7 @@ def _plans(kind, preset):
   config = tiny_config(kind, stages=('wide', 'thin_kd', 'imitate', 'downstream'))
   config.mesh = config_lib.mesh_config(preset)
   config.mesh.num_devices = 8
-  return {p.stage: p for p in plan.plan(config, 8)}
+  return {p.stage: p for p in plan.plan(config)}
 
 
 def test_fsdp_splits_parameters_and_optimizer_state_over_the_devices():

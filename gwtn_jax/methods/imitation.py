@@ -255,6 +255,7 @@ class Imitation(base.Method):
         outputs[thin_point] = y
         state = {**state, **out}
 
+    positions = self.task.position_weights(batch)
     losses = {}
     for i in active:
       thin_point, wide_point = self.points[i]
@@ -267,7 +268,6 @@ class Imitation(base.Method):
       if self.config.normalize:
         s, t = _layer_norm(s), _layer_norm(t)
       err = jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32))
-      positions = self.task.position_weights(batch)
       if positions is None:
         losses[thin_point] = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
       else:  # Padding tokens are not imitated.
