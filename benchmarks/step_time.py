@@ -91,7 +91,7 @@ def main(argv):
     uses_teacher = stage in config_lib.NEEDS_TEACHER
     for phase in phases:
       state = [state_lib.create_state(method, tx, rng, stage_sample, None, shardings)]
-      step = loop.jit_train_step(method, phase, tx, rng, mesh, shardings,
+      step = loop.jit_train_step(method, phase, tx, rng, mesh, rules, shardings,
                                  teacher_shardings if uses_teacher else None)
 
       def run(step=step, state=state, uses_teacher=uses_teacher, stage_batch=stage_batch):

@@ -52,6 +52,7 @@ from gwtn_jax import config_lib
 PAPER_BATCH = 256
 PAPER_STEPS = 1_000_000
 SST2_TRAIN = 67_349
+MESH_PRESET = 'data'  # chosen with gwtn_jax.plan at 256 chips; see the docstring
 
 
 def _adamw(lr: float, warmup: int, schedule: str = 'linear'):
@@ -61,6 +62,8 @@ def _adamw(lr: float, warmup: int, schedule: str = 'linear'):
 
 
 def get_config(arg: str = ''):
+  args = config_lib.parse_config_arg(arg, dict(smoke=bool, devices=int, mesh=str),
+                                     'configs/bert_base.py')
   config = config_lib.base_config()
   config.model.name = 'bert_base'
   config.model.dtype = 'bfloat16'
@@ -79,8 +82,8 @@ def get_config(arg: str = ''):
 
   batch, steps = PAPER_BATCH, PAPER_STEPS
   lr_scale = 1.0
-  if arg.startswith('devices='):
-    devices = int(arg.split('=', 1)[1])
+  if 'devices' in args:
+    devices = args['devices']
     batch = max(PAPER_BATCH, 32 * devices)
     steps = math.ceil(PAPER_BATCH * PAPER_STEPS / batch)
     lr_scale = math.sqrt(batch / PAPER_BATCH)
@@ -112,12 +115,15 @@ def get_config(arg: str = ''):
   config.downstream.update(
       name='tfds', tfds_name='glue/sst2', text_field='sentence', label_field='label',
       train_split='train', eval_split='validation')
-  config.downstream.batch_size = 32
-  config.downstream.steps = math.ceil(3 * SST2_TRAIN / 32)
+  down_batch = 32 if 'devices' not in args else max(32, args['devices'])
+  config.downstream.batch_size = down_batch
+  config.downstream.steps = math.ceil(3 * SST2_TRAIN / down_batch)
   config.downstream.eval_every = 1_000
-  config.downstream.optimizer = _adamw(2e-5, math.ceil(0.1 * config.downstream.steps))
+  config.downstream.optimizer = _adamw(2e-5 * math.sqrt(down_batch / 32),
+                                       math.ceil(0.1 * config.downstream.steps))
+  config.mesh = config_lib.mesh_config(args.get('mesh', MESH_PRESET))
 
-  if arg == 'smoke':
+  if args.get('smoke'):
     config.model.dtype = 'float32'
     config.thin_width = 1 / 12      # hidden 64, 1 head, FFN 256
     config.wide_width = 2 / 12      # hidden 128, 2 heads, FFN 512
@@ -144,7 +150,4 @@ def get_config(arg: str = ''):
     config.downstream.steps = 10
     config.downstream.eval_every = 10
     config.downstream.optimizer = _adamw(1e-4, 1)
-  elif arg and not arg.startswith('devices='):
-    raise ValueError(f'configs/bert_base.py: unknown argument {arg!r}; use "smoke", '
-                     '"devices=N" or none')
   return config

@@ -31,11 +31,13 @@ Values and where they come from:
 from gwtn_jax import config_lib
 
 IMAGENET_TRAIN = 1_281_167
+MESH_PRESET = 'data'  # chosen with gwtn_jax.plan at 256 chips; see the docstring
 
 
 def get_config(arg: str = ''):
-  del arg
+  args = config_lib.parse_config_arg(arg, dict(mesh=str), 'configs/resnet50_imagenet.py')
   config = config_lib.base_config()
+  config.mesh = config_lib.mesh_config(args.get('mesh', MESH_PRESET))
   config.model.name = 'resnet50'
   config.model.dtype = 'bfloat16'
   config.thin_width = 1.0

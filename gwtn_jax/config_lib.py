@@ -9,7 +9,8 @@ names the field.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -76,8 +77,12 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
 # The logical axis names the models annotate parameters with (ResNet, then BERT).
 LOGICAL_AXES = ('conv_in', 'conv_out', 'features', 'classes', 'vocab', 'embed', 'heads', 'kv',
                 'mlp', 'layers')
+# The large activations' axes (models.resnet/bert ACTIVATION_AXES, besides 'batch'): the
+# residual stream and every sown (imitated) point, q/k/v, the FFN's hidden layer, the logits.
+ACTIVATION_AXES = ('act_length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp', 'act_vocab',
+                   'act_height', 'act_width', 'act_channels')
 # Mesh presets: the mesh shape and where each logical axis goes (unnamed axes: replicated).
-# The batch is always split over data x fsdp.
+# The batch (of inputs and of every activation) is always split over data x fsdp.
 MESH_PRESETS = {
     # Pure data parallelism: every parameter and optimizer moment replicated.
     'data': (dict(data=-1, fsdp=1, tensor=1), {}),
@@ -86,10 +91,11 @@ MESH_PRESETS = {
     'fsdp': (dict(data=1, fsdp=-1, tensor=1),
              {'conv_out': 'fsdp', 'features': 'fsdp', 'embed': 'fsdp'}),
     # FSDP plus tensor parallelism (BERT: heads, FFN and vocabulary over `tensor`,
-    # Megatron-style; the rest as FSDP).
+    # Megatron-style, their activations too; the rest as FSDP).
     'fsdp_tensor': (dict(data=1, fsdp=-1, tensor=2),
                     {'conv_out': 'fsdp', 'features': 'fsdp', 'embed': 'fsdp',
-                     'heads': 'tensor', 'mlp': 'tensor', 'vocab': 'tensor'}),
+                     'heads': 'tensor', 'mlp': 'tensor', 'vocab': 'tensor',
+                     'act_heads': 'tensor', 'act_mlp': 'tensor', 'act_vocab': 'tensor'}),
 }
 
 
@@ -102,8 +108,34 @@ def mesh_config(preset: str = 'data', **shape) -> ml_collections.ConfigDict:
       shape=dict(sizes, **shape),
       num_devices=0,  # 0: all devices
       # Logical axis name -> mesh axes (None: replicated).
-      rules=[['batch', ['data', 'fsdp']]] + [[name, placement.get(name)] for name in LOGICAL_AXES],
+      rules=[['batch', ['data', 'fsdp']]] + [[name, placement.get(name)]
+                                             for name in LOGICAL_AXES + ACTIVATION_AXES],
   ))
+
+
+def parse_config_arg(arg: str, allowed: Mapping[str, type], where: str) -> dict[str, Any]:
+  """Parses a config file's argument, `--config=FILE:a,b=2`, into {'a': True, 'b': 2}.
+
+  Args:
+    arg: the text after the colon ('' for none).
+    allowed: name -> type (bool for a flag without value, int or str for `name=value`).
+    where: the config file, for the error.
+
+  Raises:
+    ValueError: one line naming the unknown or malformed item and what is allowed.
+  """
+  out: dict[str, Any] = {}
+  usage = ', '.join(k if t is bool else f'{k}=...' for k, t in allowed.items())
+  for item in filter(None, (part.strip() for part in arg.split(','))):
+    name, eq, value = item.partition('=')
+    kind = allowed.get(name)
+    if kind is None or (kind is bool) == bool(eq):
+      raise ValueError(f'{where}: unknown argument {item!r}; use any of: {usage}')
+    try:
+      out[name] = True if kind is bool else kind(value)
+    except ValueError:
+      raise ValueError(f'{where}: argument {item!r} needs a {kind.__name__} value') from None
+  return out
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -97,7 +97,7 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
     if not all_phases and len(phases) > 2:
       phases = [phases[0], phases[-1]]
     for phase in phases:
-      step = loop.jit_train_step(method, phase, tx, rng, mesh, shardings,
+      step = loop.jit_train_step(method, phase, tx, rng, mesh, rules, shardings,
                                  teacher_shardings if uses_teacher else None)
       compiled = step.lower(state, batch, teacher if uses_teacher else None).compile()
       memory = compiled.memory_analysis()

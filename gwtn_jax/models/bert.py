@@ -50,6 +50,18 @@ import jax.numpy as jnp
 # Logical axis names used by the parameters (mapped to mesh axes by rules in the config).
 # The position and token-type tables' first axis is unnamed (None): they are small.
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv', 'mlp', 'classes', 'layers')
+# Logical names of the large activations' axes (sharding constraints, also mapped by the
+# config's rules): the residual stream and every sown point, q/k/v, the FFN's hidden layer and
+# the MLM logits. Their own names, not the parameters', so that a rule sharding a weight over
+# `fsdp` does not also split the activation that the batch already splits over `fsdp`.
+ACTIVATION_AXES = ('batch', 'act_length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp',
+                   'act_vocab')
+_STREAM = ('batch', 'act_length', 'act_embed')
+
+
+def _constrain(x, axes):
+  """A no-op unless a step traces the model under a mesh and rules (gwtn_jax.parallel)."""
+  return nn.with_logical_constraint(x, axes)
 HEADS = ('mlm', 'nsp', 'classify', 'none')
 
 _INIT_STD = 0.02  # BERT's truncated-normal initializer range
@@ -132,7 +144,7 @@ class BertEmbeddings(nn.Module):
   def __call__(self, input_ids, token_type_ids, deterministic: bool):
     positions = jnp.arange(input_ids.shape[-1])[None, :]
     x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
-    x = self.norm(x)
+    x = _constrain(self.norm(x), _STREAM)
     return self.dropout(x, deterministic=deterministic)
 
   def attend(self, x):
@@ -189,7 +201,7 @@ class BertLayer(nn.Module):
     x = x + y
     if not self.pre_layer_norm:
       x = norm('mlp_norm')(x)
-    return x
+    return _constrain(x, _STREAM)
 
   def _attention(self, x, mask):
     return _SelfAttention(
@@ -211,11 +223,12 @@ class _SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask):
-    proj = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, self.head_size), axis=-1,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_init(('embed', 'heads', 'kv')), bias_init=_zeros(('heads', 'kv')))
-    q, k, v = proj(name='query')(x), proj(name='key')(x), proj(name='value')(x)
+    proj = functools.partial(_Einsum, '...e,ehk->...hk', (self.hidden, self.num_heads,
+                                                          self.head_size),
+                             ('embed', 'heads', 'kv'), ('heads', 'kv'), dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    q, k, v = (_constrain(proj(name=name)(x), ('batch', 'act_length', 'act_heads', 'act_kv'))
+               for name in ('query', 'key', 'value'))
     use_dropout = not self.deterministic and self.dropout_rate > 0
     y = nn.dot_product_attention(
         q, k, v, mask=mask, dropout_rate=self.dropout_rate,
@@ -223,10 +236,33 @@ class _SelfAttention(nn.Module):
         deterministic=not use_dropout, dtype=self.dtype,
         # A bf16 softmax over long sequences loses the small probabilities.
         force_fp32_for_softmax=True)
-    return nn.DenseGeneral(
-        self.hidden, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_init(('heads', 'kv', 'embed')), bias_init=_zeros(('embed',)),
-        name='out')(y)
+    return _Einsum('...hk,hke->...e', (self.num_heads, self.head_size, self.hidden),
+                   ('heads', 'kv', 'embed'), ('embed',), dtype=self.dtype,
+                   param_dtype=self.param_dtype, name='out')(y)
+
+
+class _Einsum(nn.Module):
+  """A dense layer over several axes: `kernel` of `shape` (BERT's init), `bias` of the output.
+
+  In place of nn.DenseGeneral, which draws a flat kernel and reshapes the boxed value; under
+  logical rules in scope (the jitted steps) that applies the 3-axis constraint to the 2-D draw
+  and fails. Same parameter names and shapes as DenseGeneral.
+  """
+
+  equation: str
+  shape: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  bias_axes: tuple[str, ...]
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', _init(self.kernel_axes), self.shape, self.param_dtype)
+    bias_shape = self.shape[-len(self.bias_axes):]
+    bias = self.param('bias', _zeros(self.bias_axes), bias_shape, self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.einsum(self.equation, x, kernel) + bias
 
 
 class _Mlp(nn.Module):
@@ -240,7 +276,7 @@ class _Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = _dense(self.intermediate, ('embed', 'mlp'), self.dtype, self.param_dtype, 'wi')(x)
-    x = nn.gelu(x, approximate=False)
+    x = _constrain(nn.gelu(x, approximate=False), ('batch', 'act_length', 'act_mlp'))
     return _dense(self.hidden, ('mlp', 'embed'), self.dtype, self.param_dtype, 'wo')(x)
 
 
@@ -270,7 +306,8 @@ class MlmHead(nn.Module):
     x = _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, 'norm')(x)
     bias = self.param('output_bias', _zeros(('vocab',)), (self.vocab_size,),
                       self.param_dtype)
-    return attend(x).astype(jnp.float32) + bias.astype(jnp.float32)
+    logits = attend(x).astype(jnp.float32) + bias.astype(jnp.float32)
+    return _constrain(logits, ('batch', 'act_length', 'act_vocab'))
 
 
 class Bert(nn.Module):

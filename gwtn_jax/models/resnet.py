@@ -47,6 +47,15 @@ CONV_KERNEL_AXES = (None, None, 'conv_in', 'conv_out')
 BN_AXES = ('conv_out',)
 HEAD_KERNEL_AXES = ('features', 'classes')
 HEAD_BIAS_AXES = ('classes',)
+# Logical names of the feature maps' axes (sharding constraints mapped by the config's rules):
+# every block's output (the imitated points) and the stem's. Separate from the parameters'
+# names so that sharding a kernel over `fsdp` does not split the activations' channels too.
+ACTIVATION_AXES = ('batch', 'act_height', 'act_width', 'act_channels')
+
+
+def _constrain(x):
+  """A no-op unless a step traces the model under a mesh and rules (gwtn_jax.parallel)."""
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 STEMS = ('imagenet', 'cifar')
 
@@ -115,7 +124,7 @@ class _ResidualBlock(nn.Module):
   def _residual(self, x, y, out: int, bn, conv):
     if self.strides != 1 or x.shape[-1] != out:
       x = bn('proj_bn')(conv(out, 1, self.strides, 'proj_conv')(x))
-    return nn.relu(x + y)
+    return _constrain(nn.relu(x + y))
 
 
 class BasicBlock(_ResidualBlock):
@@ -392,6 +401,7 @@ class ResNet(nn.Module):
         x = _conv(plan.stem, 3, self.stem_strides, 'stem_conv', self.dtype,
                   self.param_dtype)(x)
         x = nn.relu(bn('stem_bn')(x))
+      x = _constrain(x)
       self.sow('intermediates', 'stem', x)
       if stop == 0:
         return x

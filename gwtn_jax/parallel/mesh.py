@@ -8,6 +8,7 @@ by rules that live in the config, so a change of sharding never touches model co
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -136,6 +137,21 @@ def check_divisible(boxed_abstract_tree: Any, sizes: Mapping[str, int], rules, w
 
   jax.tree_util.tree_map_with_path(check, boxed_abstract_tree,
                                    is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+def under_rules(fn, mesh: Mesh, rules):
+  """`fn`, traced with the (abstract) mesh and the logical rules in scope.
+
+  The models constrain their large activations by logical names (`nn.with_logical_constraint`),
+  which do nothing without rules and a mesh; jit `under_rules(step, ...)` so that they become
+  `with_sharding_constraint`s on this mesh. `jax.set_mesh` cannot be entered under jit; the
+  abstract mesh can.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def data_parallel_size(mesh: Mesh) -> int:

@@ -120,10 +120,15 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
 
 
 def jit_train_step(method: base.Method, phase: base.Phase, tx: optax.GradientTransformation,
-                   rng: jax.Array, mesh: Mesh, state_shardings, teacher_shardings):
-  """The phase's step, jitted with explicit shardings and the state donated."""
+                   rng: jax.Array, mesh: Mesh, rules, state_shardings, teacher_shardings):
+  """The phase's step, jitted with explicit shardings and the state donated.
+
+  It is traced under the rules, so the models' activation constraints apply.
+  """
   return jax.jit(
-      functools.partial(_train_step, method=method, phase=phase, tx=tx, rng=rng),
+      mesh_lib.under_rules(
+          functools.partial(_train_step, method=method, phase=phase, tx=tx, rng=rng),
+          mesh, rules),
       in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), teacher_shardings),
       out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
       donate_argnums=(0,))
@@ -209,8 +214,9 @@ class _NonFiniteCheck:
 class _Evaluator:
   """Jitted eval over the whole eval split, summed on device and divided once."""
 
-  def __init__(self, method, data, mesh, eval_batch_size, state_shardings, teacher_shardings):
-    self.method, self.data, self.mesh = method, data, mesh
+  def __init__(self, method, data, mesh, rules, eval_batch_size, state_shardings,
+               teacher_shardings):
+    self.method, self.data, self.mesh, self.rules = method, data, mesh, rules
     self.batch_size = eval_batch_size
     self._shardings = (_variables(state_shardings), mesh_lib.batch_sharding(mesh), teacher_shardings)
     self._compiled = {}
@@ -218,7 +224,8 @@ class _Evaluator:
   def __call__(self, phase, state, teacher) -> dict[str, float]:
     if phase not in self._compiled:
       self._compiled[phase] = jax.jit(
-          functools.partial(_eval_step, method=self.method, phase=phase),
+          mesh_lib.under_rules(functools.partial(_eval_step, method=self.method, phase=phase),
+                               self.mesh, self.rules),
           in_shardings=self._shardings, out_shardings=mesh_lib.replicated(self.mesh))
     step = self._compiled[phase]
     total = None
@@ -296,7 +303,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
   meta = lambda: {'history': history, 'wall_s': wall(), 'skipped_steps': check.skipped}
 
   writer = metrics_lib.MetricWriter(writer_dir)
-  evaluate = _Evaluator(method, data, mesh, spec.eval_batch_size, shardings, teacher_shardings)
+  evaluate = _Evaluator(method, data, mesh, rules, spec.eval_batch_size, shardings, teacher_shardings)
   batches = data.train_batches(global_batch_size=spec.batch_size, seed=spec.data_seed,
                                start_step=step)
   phase_end = 0
@@ -306,7 +313,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
       phase_end += phase.steps
       if step >= phase_end:
         continue
-      train_step = jit_train_step(method, phase, tx, rng, mesh, shardings, teacher_shardings)
+      train_step = jit_train_step(method, phase, tx, rng, mesh, rules, shardings,
+                                  teacher_shardings)
       unchecked, fetched = [], []
       while step < phase_end:
         batch = mesh_lib.put_global_batch(next(batches), mesh)
