@@ -26,6 +26,21 @@ Values and where they come from:
 - Ours: global batch 1024 (LR 0.4 by the linear rule), bfloat16 compute, the stage-3 and control
   optimizers (SGD 0.9, wd 1e-4, cosine, 5 warmup epochs for the controls), and the controls'
   length: 90 epochs = stages 2 + 3, the usual ResNet-50 budget.
+
+Mesh for a 256-chip slice: pure data parallelism (`data` preset; `:mesh=fsdp` for FSDP).
+`python -m gwtn_jax.plan --config=configs/resnet50_imagenet.py --devices=256` (global batch
+1024, 4 images per chip; GiB per chip; temporaries from XLA:CPU, an estimate):
+
+  preset                    wide stage: params  opt   temp  total   KD/imitation/fine-tuning max
+  data (data=256)                       0.832  0.833  2.64   4.31                          2.21
+  fsdp (fsdp=64, data=4)                0.013  0.013  2.57   2.60                          1.30
+
+Both fit every chip (v5e 16 GiB, v4 32, v5p 95) with room to spare, so memory does not decide:
+FSDP would all-gather every conv kernel in the forward and backward pass of each step for only
+4 images per chip, more traffic than data parallelism's one gradient all-reduce, for memory
+that is not needed. (FSDP over 256 is refused at start-up: the 64-channel layers cannot split
+256 ways, which the planner reports with the parameter's name.) At 4 images per chip the chips
+are underused; on a slice this size raise `batch_size` (the learning rates follow it linearly).
 """
 
 from gwtn_jax import config_lib

@@ -19,11 +19,23 @@ For imitation (Go Wide, Then Narrow; LIT) the model:
 inner width, so wide and thin nets have identical point widths and imitation needs no
 projection; in basic-block nets it scales every channel, stem included.
 
+Adjoined networks (AN and DAN, `gwtn_jax.methods.adjoined`) need three more things:
+
+* ``widths`` (a :class:`WidthPlan`) sets every layer's width explicitly (a small network, a
+  width configuration found by DAN); the shortcut layout stays the architecture's.
+* ``small=plan`` in the forward runs the adjoined small network in the same parameters: every
+  conv uses the first input channels and the first output filters of its kernel (a real slice,
+  so it costs the small FLOPs), the head the first rows of its kernel, and every BatchNorm has
+  a twin of its own named ``*_small``. ``channel_masks`` runs the full kernels with the same
+  twins and multiplies each width group's channels by a mask (DAN). Neither sows anything.
+* :func:`extract_small` turns the small network into a plain ResNet of its widths.
+
 Parameter layout (names are part of the interface)::
 
     params/stem_conv, params/stem_bn
     params/stage{i}_block{j}_layers/{conv1,bn1,conv2,bn2[,conv3,bn3][,proj_conv,proj_bn]}
     params/head
+    (adjoined: params/stem_bn_small and {bn1,bn2,...,proj_bn}_small in every block)
 
 Point ``stage{i}_block{j}`` is computed by the module ``stage{i}_block{j}_layers`` (see
 :meth:`ResNet.point_modules`). A block module cannot simply be named after its point: Flax
@@ -37,10 +49,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.linen import dtypes
 
 # Logical axis names of every parameter (mapped to mesh axes by rules in the config).
 CONV_KERNEL_AXES = (None, None, 'conv_in', 'conv_out')
