@@ -93,7 +93,6 @@ def get_config(arg: str = ''):
   config.model.scan_layers = True
   config.thin_width = 1.0
   config.wide_width = 4 / 3
-  config.stages = config_lib.STAGES
 
   config.data = config_lib.text_data_config(
       name='tfds', tfds_name='wikipedia/20230601.en', tfds_text_field='text',

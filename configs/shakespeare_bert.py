@@ -52,7 +52,6 @@ def get_config(arg: str = ''):
   config.wide_width = 1.0
   config.data = config_lib.text_data_config(name='shakespeare', vocab_size=8000, seq_len=64,
                                             num_eval_examples=1024)
-  config.stages = config_lib.STAGES
 
   config.batch_size = 16
   config.eval_batch_size = 128

@@ -20,6 +20,7 @@ from gwtn_jax import data as data_lib
 from gwtn_jax import models
 from gwtn_jax.methods import base
 from gwtn_jax.methods import imitation
+from gwtn_jax.methods import lit
 from gwtn_jax.methods import tasks
 from gwtn_jax.methods.distill import Distill
 from gwtn_jax.methods.supervised import Supervised
@@ -124,7 +125,7 @@ def build_experiment(config, static: bool = False) -> Experiment:
       mesh=mesh, rules=rules, data=data,
       task=tasks.MaskedLM(seq_len, max_predictions(seq_len, config.data.mask_rate)),
       thin=build_model(config, 'thin', 0, vocab), wide=build_model(config, 'wide', 0, vocab))
-  if 'downstream' in config.stages:
+  if 'downstream' in config_lib.stages_of(config):
     down = None if static else data_lib.build_classify_data(
         config.downstream, data, plays=config.data.plays, **where)
     classes = info.downstream_classes if static else down.info.num_classes
@@ -167,7 +168,7 @@ def build_method(config, stage: str, exp: Experiment) -> tuple[base.Method, nn.M
     return Supervised(wide, task, config.wide.steps), wide
   if stage == 'imitate':
     return imitation.Imitation(thin, wide, task, config.imitate), thin
-  num_points = len(imitation.imitated_points(thin, wide, config.imitate))
+  num_points = imitation.num_imitated_points(thin, config.imitate)
   steps = config_lib.stage_steps(config, stage, num_points)
   if stage == 'thin_scratch':
     return Supervised(thin, task, steps), thin
@@ -176,6 +177,11 @@ def build_method(config, stage: str, exp: Experiment) -> tuple[base.Method, nn.M
   if stage in ('thin_kd', 'finetune'):
     return Distill(thin, wide, task, steps, alpha=config[stage].alpha,
                    temperature=config[stage].temperature), thin
+  if stage == 'lit':
+    return lit.Lit(thin, wide, task, steps, config.lit), thin
+  if stage == 'lit_finetune':  # LIT's phase 2: KD alone, the whole student trained
+    return Distill(thin, wide, task, steps, alpha=config.lit.alpha,
+                   temperature=config.lit.temperature), thin
   raise ValueError(f'stages: {stage!r} has no method here; choose from {config_lib.STAGES}')
 
 
@@ -196,7 +202,7 @@ def stage_methods(config, exp: Experiment):
   The downstream stage gives two: its thin and its wide network ('downstream_thin',
   'downstream_wide'). For benchmarks, the planner and tests that run every step.
   """
-  for stage in config.stages:
+  for stage in config_lib.stages_of(config):
     if stage == 'downstream':
       for role in ROLES:
         method, _ = build_downstream_method(config, role, exp)

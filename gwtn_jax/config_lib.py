@@ -17,14 +17,41 @@ import ml_collections
 # The stages a pipeline can run, in the only order that makes sense: the wide network first
 # (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning;
 # for a BERT, last, the downstream fine-tuning of every network the others produced.
-STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune', 'downstream')
-IMAGE_STAGES = STAGES[:-1]
+STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune', 'lit', 'lit_finetune',
+          'adjoined', 'dan', 'dan_adjoined', 'downstream')
+# GWTN's pipeline with its two controls (the default of a ResNet run; a BERT's adds downstream).
+IMAGE_STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune')
+# `config.method` -> its stages, when `config.stages` is empty. KD (Hinton et al.) is the
+# baseline every method is compared with; 'compare' runs them side by side at equal budget.
+METHOD_STAGES = {
+    'gwtn': IMAGE_STAGES,
+    'kd': ('wide', 'thin_kd'),
+    'lit': ('wide', 'lit', 'lit_finetune'),
+    'adjoined': ('adjoined',),
+    'dan': ('dan', 'dan_adjoined'),
+    'compare': IMAGE_STAGES + ('lit', 'lit_finetune', 'adjoined'),
+}
 # Which stage's output each stage starts from (None: a fresh initialization).
-STAGE_INIT_FROM = {'probe': 'imitate', 'finetune': 'imitate'}
-# The stages that need the wide network as a teacher.
-NEEDS_TEACHER = ('thin_kd', 'imitate', 'finetune')
-# Controls get as many steps as stages 2 and 3 together when their `steps` is -1.
-CONTROL_STAGES = ('thin_scratch', 'thin_kd')
+# ('wide': the teacher's variables, from which LIT copies the stem and the head.)
+STAGE_INIT_FROM = {'probe': 'imitate', 'finetune': 'imitate', 'lit': 'wide', 'lit_finetune': 'lit'}
+# The stage whose output decides a stage's architecture (DAN's width search -> AN retraining).
+STAGE_ARCH_FROM = {'dan_adjoined': 'dan'}
+# The stages that need the wide network as a teacher (LIT: it also starts from its stem/head).
+NEEDS_TEACHER = ('thin_kd', 'imitate', 'finetune', 'lit', 'lit_finetune')
+# With `steps` -1 these get as many steps as GWTN's stages 2 and 3 together (equal budgets).
+CONTROL_STAGES = ('thin_scratch', 'thin_kd', 'adjoined', 'dan', 'dan_adjoined')
+# With `steps` -1, LIT's two phases get the lengths of GWTN's stage 2 and stage 3.
+LIT_STEPS_AS = {'lit': 'imitate', 'lit_finetune': 'finetune'}
+
+
+def stages_of(config) -> tuple[str, ...]:
+  """The stages a run runs: `config.stages`, or those of `config.method` when it is empty."""
+  if config.stages:
+    return tuple(config.stages)
+  if config.method not in METHOD_STAGES:
+    raise ConfigError(f'method={config.method!r} is unknown; choose one of '
+                      f'{tuple(METHOD_STAGES)} (or list stages)')
+  return METHOD_STAGES[config.method] + (('downstream',) if is_text(config) else ())
 
 IMITATION_GRANULARITIES = ('block', 'stage')
 IMITATION_SCHEDULES = ('progressive', 'one_shot')
@@ -186,7 +213,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.mesh = mesh_config('data')
 
-  config.stages = IMAGE_STAGES
+  # The method compared or run (see METHOD_STAGES); `stages`, when not empty, lists the stages
+  # instead.
+  config.method = 'gwtn'
+  config.stages = ()
   # A trained wide network to use as the teacher when 'wide' is not among the stages: the
   # stage directory of an earlier run (`WORKDIR/stages/wide`).
   config.teacher_dir = ''
@@ -220,6 +250,22 @@ def base_config() -> ml_collections.ConfigDict:
   )
   config.probe = stage_config(steps=200)
   config.finetune = stage_config(alpha=0.5, temperature=4.0)
+  # LIT (Koratana et al. 2019): phase 1, teacher-fed sections + KD; phase 2, KD alone. The
+  # official code's values: beta 0.75 between KD and the IR loss, alpha 0.95 on the KD term
+  # (0.05 on the labels), temperature 6. steps -1: the length of imitate (phase 1) and of
+  # finetune (phase 2), so LIT and GWTN train the thin network equally long.
+  config.lit = stage_config(steps=-1, sections=0, beta=0.75, alpha=0.95, temperature=6.0)
+  config.lit_finetune = stage_config(steps=-1)
+  # Adjoined Networks (Nath et al.): the wide architecture and its adjoined small network
+  # (the first 1/cf of the filters of every conv with more than 64 input and output
+  # channels), trained together from scratch; lambda = min(4 (e/E)^2, 1) per epoch.
+  # epoch_steps 0: one pass over the train split at this stage's batch size.
+  config.adjoined = stage_config(steps=-1, cf=4, epoch_steps=0)
+  # DAN: a width search over {C, C/2, C/4} per group of channels (Gumbel-softmax, temperature
+  # from tau_start to tau_end, exponential), penalized by gamma * expected FLOPs / big FLOPs;
+  # the argmax widths are then trained by AN from scratch (dan_adjoined).
+  config.dan = stage_config(steps=-1, epoch_steps=0, gamma=1.0, tau_start=5.0, tau_end=0.5)
+  config.dan_adjoined = stage_config(steps=-1, epoch_steps=0)
   # BERT only: each network fine-tuned on a classification task (equal steps for all).
   config.downstream = downstream_config()
   return config
@@ -285,6 +331,8 @@ def stage_steps(config, stage: str, num_points: int | None = None) -> int:
   steps = config[stage].steps
   if stage in CONTROL_STAGES and steps == -1:
     return stage_steps(config, 'imitate', num_points) + config.finetune.steps
+  if stage in LIT_STEPS_AS and steps == -1:
+    return stage_steps(config, LIT_STEPS_AS[stage], num_points)
   return steps
 
 
@@ -369,8 +417,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
 
   if workdir is not None:
     check_workdir(workdir)
-  stages = tuple(config.stages)
-  _require(len(stages) > 0, 'stages is empty; list some of ' + ', '.join(STAGES))
+  stages = stages_of(config)
   for stage in stages:
     _require(stage in STAGES, f'stages: {stage!r} is unknown; choose from {STAGES}')
   _require('downstream' not in stages or is_text(config),
@@ -380,8 +427,8 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   order = [STAGES.index(s) for s in stages]
   _require(order == sorted(order), f'stages={stages} is out of order; the order is {STAGES}')
   for stage in stages:
-    source = STAGE_INIT_FROM.get(stage)
-    _require(source is None or source in stages,
+    source = STAGE_INIT_FROM.get(stage) or STAGE_ARCH_FROM.get(stage)
+    _require(source in (None, 'wide') or source in stages,
              f"stages: '{stage}' starts from the output of '{source}', which is not in stages")
   if 'wide' not in stages and any(s in NEEDS_TEACHER for s in stages):
     _require(bool(config.teacher_dir),
@@ -462,24 +509,37 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
            f'imitate.inputs={imitate.inputs!r} must be one of {IMITATION_INPUTS}')
   from gwtn_jax.methods import imitation  # pylint: disable=g-import-not-at-top
   try:
-    points = imitation.imitated_points(thin, wide, imitate)
+    if 'imitate' in stages:
+      imitation.imitated_points(thin, wide, imitate)
+    num_points = imitation.num_imitated_points(thin, imitate)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _check_positive_int(imitate.steps_per_point, 'imitate.steps_per_point')
-  num_points = len(points)
+
+  if 'lit' in stages:
+    lit_cfg = config.lit
+    _require(0 <= lit_cfg.beta <= 1, f'lit.beta={lit_cfg.beta} must be in [0, 1]')
+    _require(isinstance(lit_cfg.sections, int) and lit_cfg.sections >= 0,
+             f'lit.sections={lit_cfg.sections!r} must be an integer >= 0 (0: the stages)')
+    from gwtn_jax.methods import lit  # pylint: disable=g-import-not-at-top
+    try:
+      lit.Lit(thin, wide, None, 1, lit_cfg)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   for stage in stages:
     stage_cfg = config[stage]
     if stage == 'imitate' and imitate.schedule == 'progressive':
       pass
     else:
-      _check_positive_int(stage_cfg.steps, f'{stage}.steps', allow=(-1,) if stage in CONTROL_STAGES else ())
+      minus_one = stage in CONTROL_STAGES or stage in LIT_STEPS_AS
+      _check_positive_int(stage_cfg.steps, f'{stage}.steps', allow=(-1,) if minus_one else ())
     _require(stage_cfg.batch_size >= 0, f'{stage}.batch_size={stage_cfg.batch_size} must be >= 0')
     _check_optimizer(stage_cfg.optimizer, f'{stage}.optimizer')
     if 'alpha' in stage_cfg:
       _require(0 <= stage_cfg.alpha <= 1, f'{stage}.alpha={stage_cfg.alpha} must be in [0, 1]')
       _require(stage_cfg.temperature > 0, f'{stage}.temperature={stage_cfg.temperature} must be > 0')
-    if stage in CONTROL_STAGES and stage_cfg.steps == -1:
+    if (stage in CONTROL_STAGES or stage in LIT_STEPS_AS) and stage_cfg.steps == -1:
       _require('finetune' in config and config.finetune.steps > 0,
                f'{stage}.steps=-1 needs finetune.steps > 0 to count the equal budget')
     stage_steps(config, stage, num_points)
@@ -518,7 +578,7 @@ def _check_shardings(config, sizes) -> None:
                  tasks.SequenceClassification(info.seq_len) if classes else
                  tasks.MaskedLM(info.seq_len, 1))
                 for role in builders.ROLES
-                for classes in ((0, info.downstream_classes) if 'downstream' in config.stages
+                for classes in ((0, info.downstream_classes) if 'downstream' in stages_of(config)
                                 else (0,))]
   else:
     networks = [(role, builders.build_model(config, role, info.num_classes),

@@ -32,6 +32,9 @@ REPORT_KEYS = {
     'thin_kd': ('thin_kd', ('thin_kd',)),
     'probe': ('thin_imitated', ('imitate',)),
     'finetune': ('thin_gwtn', ('imitate', 'finetune')),
+    'lit_finetune': ('thin_lit', ('lit', 'lit_finetune')),
+    'adjoined': ('small_an', ('adjoined',)),
+    'dan_adjoined': ('small_dan', ('dan_adjoined',)),
 }
 
 
@@ -115,7 +118,7 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
 def _run_stages(config, exp: builders.Experiment, stage_kwargs
                 ) -> dict[str, list[loop.StageResult]]:
   """Runs (or loads) every stage: the wide one once, the thin ones for each seed."""
-  stages = tuple(config.stages)
+  stages = config_lib.stages_of(config)
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
   if 'wide' in stages:
@@ -157,7 +160,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
       result = loop.run_stage(
           _spec(config, stage, name, method, model, exp.task, seed, _stage_seed(seed, stage)),
           teacher=teacher if stage in config_lib.NEEDS_TEACHER else None,
-          init=produced[source].variables if source else None,
+          init=(teacher if source == 'wide' else produced[source].variables) if source else None,
           **stage_kwargs(name))
       produced[stage] = result
       results.setdefault(stage, []).append(result)

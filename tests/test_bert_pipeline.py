@@ -201,7 +201,7 @@ def test_bad_bert_configs_are_refused(overrides, match, tmp_path):
 
 
 def test_downstream_needs_a_bert(tmp_path):
-  config = tiny_config(stages=config_lib.STAGES)
+  config = tiny_config(stages=config_lib.IMAGE_STAGES + ('downstream',))
   _refused(config, tmp_path, r"'downstream' fine-tunes BERTs.*'cifar_resnet8' is not a BERT")
 
 
@@ -231,7 +231,7 @@ def test_bert_configs_build(name):
   module = config_flags.config_flags._LoadConfigModule('c', path)  # pylint: disable=protected-access
   config = module.get_config(arg)
   assert config_lib.is_text(config)
-  assert 'downstream' in config.stages
+  assert 'downstream' in config_lib.stages_of(config)
   # Equal budgets: the controls get what imitation and stage 3 get.
   model = models.get_bert(config.model.name, vocab_size=100)
   points = model.num_layers + 1

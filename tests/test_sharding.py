@@ -66,8 +66,8 @@ def one_device():
   return {kind: first_losses(_config(kind, 'data', 1)) for kind in ('image', 'bert')}
 
 
-# (Pure data parallelism on 8 devices: tests/test_pipeline.py.)
 @pytest.mark.parametrize('kind, preset, shape', [
+    ('image', 'data', {}),
     ('image', 'fsdp', {}),
     ('bert', 'fsdp_tensor', dict(tensor=2)),
 ])
@@ -78,7 +78,10 @@ def test_presets_on_8_devices_match_one_device(one_device, kind, preset, shape):
   for key, values in expected.items():
     np.testing.assert_allclose(losses[key], values, rtol=2e-4, atol=1e-5, err_msg=key)
   # The parameters are placed as the preset's rules say.
-  if kind == 'image':
+  if preset == 'data':
+    kernel = shardings['thin_scratch']['stage1_block1_layers']['conv1']['kernel']
+    assert all(axis is None for axis in kernel)  # replicated
+  elif kind == 'image':
     kernel = shardings['thin_scratch']['stage1_block1_layers']['conv1']['kernel']
     assert kernel == P(None, None, None, 'fsdp')
     teacher_kernel = shardings['teacher']['params']['stage1_block1_layers']['conv1']['kernel']

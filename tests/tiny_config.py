@@ -46,7 +46,6 @@ def get_config(arg: str = ''):
     c.data = config_lib.text_data_config(
         plays=('hamlet', 'the-tempest', 'macbeth', 'cymbeline'), vocab_size=300, seq_len=32,
         num_train_examples=256, num_eval_examples=32, read_threads=1, prefetch=2)
-    c.stages = config_lib.STAGES
     c.downstream.update(steps=2, batch_size=16, num_train_examples=64, num_eval_examples=32,
                         read_threads=1, prefetch=2)
   elif arg:

@@ -95,6 +95,23 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
   return (t * t) * kl
 
 
+def feature_mse(student: jax.Array, target: jax.Array, positions: jax.Array | None = None
+                ) -> jax.Array:
+  """Per-example mean squared error between two feature tensors, in float32.
+
+  Args:
+    student: [B, ...] features.
+    target: the same shape.
+    positions: [B, T] weights of a sequence's positions (0 on padding, which is not
+      compared), or None: every element counts.
+  """
+  err = jnp.square(student.astype(jnp.float32) - target.astype(jnp.float32))
+  if positions is None:
+    return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+  per_token = jnp.mean(err, axis=-1)
+  return jnp.sum(per_token * positions, axis=-1) / jnp.maximum(jnp.sum(positions, axis=-1), 1.0)
+
+
 def batch_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
 

@@ -33,6 +33,13 @@ from gwtn_jax.methods import base
 from gwtn_jax.methods import tasks as tasks_lib
 
 
+def num_imitated_points(thin: nn.Module, config) -> int:
+  """How many points stage 2 imitates (one phase each): what equal budgets count with."""
+  if config.granularity == 'stage':
+    return len(thin.stage_point_names())
+  return len([name for name in thin.point_names() if name != 'pre_logits'])
+
+
 def imitated_points(thin: nn.Module, wide: nn.Module, config) -> list[tuple[str, str]]:
   """The (thin point, teacher point) pairs imitated, bottom to top.
 
@@ -267,13 +274,7 @@ class Imitation(base.Method):
                          f'{wide_point} {t.shape}; check imitate.layer_map')
       if self.config.normalize:
         s, t = _layer_norm(s), _layer_norm(t)
-      err = jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32))
-      if positions is None:
-        losses[thin_point] = jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
-      else:  # Padding tokens are not imitated.
-        per_token = jnp.mean(err, axis=-1)
-        losses[thin_point] = (jnp.sum(per_token * positions, axis=-1)
-                              / jnp.maximum(jnp.sum(positions, axis=-1), 1.0))
+      losses[thin_point] = base.feature_mse(s, t, positions)  # padding is not imitated
     weights = jnp.asarray([self.weights[i] for i in active])
     total = sum(w * losses[self.points[i][0]] for w, i in zip(weights, active)) / jnp.maximum(
         jnp.sum(weights), 1e-12)

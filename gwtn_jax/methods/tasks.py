@@ -49,7 +49,7 @@ class Task:
     del batch
     return None
 
-  def _head_kwargs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+  def head_kwargs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     del batch
     return {} if self.head is None else {'head': self.head}
 
@@ -86,7 +86,7 @@ class Task:
               *, train: bool, rng: jax.Array | None = None):
     """The task's outputs (logits) and the model's non-parameter collections afterwards."""
     out, updates = self.forward(model, variables, batch, train=train, rng=rng,
-                                **self._head_kwargs(batch))
+                                **self.head_kwargs(batch))
     state = {k: updates.get(k, v) for k, v in variables.items() if k != 'params'}
     return out, state
 
@@ -191,7 +191,7 @@ class MaskedLM(_Text, Task):
     labels = jnp.take_along_axis(batch['mlm_labels'], positions, axis=1)
     return positions, jnp.maximum(labels, 0), weights
 
-  def _head_kwargs(self, batch):
+  def head_kwargs(self, batch):
     return {'head': 'mlm', 'mlm_positions': self._predictions(batch)[0]}
 
   def loss(self, logits, batch):
