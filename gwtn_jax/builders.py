@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from gwtn_jax import config_lib
 from gwtn_jax import data as data_lib
 from gwtn_jax import models
+from gwtn_jax.methods import adjoined
 from gwtn_jax.methods import base
 from gwtn_jax.methods import imitation
 from gwtn_jax.methods import lit
@@ -158,11 +159,32 @@ def build_model(config, role: str, num_classes: int, vocab_size: int | None = No
   kwargs = dict(num_classes=num_classes, dtype=jnp.dtype(m.dtype), width_multiplier=width)
   if name.startswith('cifar_'):
     kwargs['stem_strides'] = m.stem_strides
+  if m.num_filters:
+    kwargs['num_filters'] = m.num_filters
   return models.get_model(name, **kwargs)
 
 
-def build_method(config, stage: str, exp: Experiment) -> tuple[base.Method, nn.Module]:
-  """The method a stage runs, and the network whose variables it produces."""
+def _epoch_steps(config, stage: str, exp: Experiment) -> int:
+  """A stage's epoch in steps: its `epoch_steps`, else one pass over the train split."""
+  if config[stage].epoch_steps:
+    return config[stage].epoch_steps
+  if exp.data is None:  # planning: lambda's schedule does not change the memory
+    return 1
+  batch = config_lib.stage_value(config, stage, 'batch_size')
+  return max(1, exp.data.info.num_train // batch)
+
+
+def build_method(config, stage: str, exp: Experiment, found: Any = None
+                 ) -> tuple[base.Method, nn.Module]:
+  """The method a stage runs, and the network whose variables it produces.
+
+  Args:
+    config: the run's config.
+    stage: a stage of config_lib.STAGES (not 'downstream').
+    exp: the experiment.
+    found: `dan_adjoined`: the DAN stage's summary (the widths it found); None when planning,
+      where AN's cf widths stand in.
+  """
   thin, wide, task = exp.thin, exp.wide, exp.task
   if stage == 'wide':
     return Supervised(wide, task, config.wide.steps), wide
@@ -182,6 +204,22 @@ def build_method(config, stage: str, exp: Experiment) -> tuple[base.Method, nn.M
   if stage == 'lit_finetune':  # LIT's phase 2: KD alone, the whole student trained
     return Distill(thin, wide, task, steps, alpha=config.lit.alpha,
                    temperature=config.lit.temperature), thin
+  # AN and DAN: the wide architecture is the big network; the small one is adjoined to it.
+  if stage == 'dan':
+    c = config.dan
+    return adjoined.Dan(wide, task, steps, _epoch_steps(config, stage, exp), gamma=c.gamma,
+                        tau0=c.tau_start, tau_min=c.tau_end, threshold=c.threshold), wide
+  if stage in ('adjoined', 'dan_adjoined'):
+    if stage == 'dan_adjoined' and found is not None:
+      small = models.WidthPlan(**found)
+    else:
+      small = adjoined.adjoined_widths(wide, config.adjoined.cf, config.adjoined.threshold)
+    method = adjoined.Adjoined(wide, task, steps, small, _epoch_steps(config, stage, exp))
+    return method, wide.clone(widths=small)
+  if stage == 'small_scratch':  # AN's control: its small network alone
+    small = wide.clone(widths=adjoined.adjoined_widths(wide, config.adjoined.cf,
+                                                       config.adjoined.threshold))
+    return Supervised(small, task, steps), small
   raise ValueError(f'stages: {stage!r} has no method here; choose from {config_lib.STAGES}')
 
 

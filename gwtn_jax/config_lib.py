@@ -18,7 +18,7 @@ import ml_collections
 # (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning;
 # for a BERT, last, the downstream fine-tuning of every network the others produced.
 STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune', 'lit', 'lit_finetune',
-          'adjoined', 'dan', 'dan_adjoined', 'downstream')
+          'adjoined', 'small_scratch', 'dan', 'dan_adjoined', 'downstream')
 # GWTN's pipeline with its two controls (the default of a ResNet run; a BERT's adds downstream).
 IMAGE_STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune')
 # `config.method` -> its stages, when `config.stages` is empty. KD (Hinton et al.) is the
@@ -27,9 +27,9 @@ METHOD_STAGES = {
     'gwtn': IMAGE_STAGES,
     'kd': ('wide', 'thin_kd'),
     'lit': ('wide', 'lit', 'lit_finetune'),
-    'adjoined': ('adjoined',),
+    'adjoined': ('adjoined', 'small_scratch'),
     'dan': ('dan', 'dan_adjoined'),
-    'compare': IMAGE_STAGES + ('lit', 'lit_finetune', 'adjoined'),
+    'compare': IMAGE_STAGES + ('lit', 'lit_finetune', 'adjoined', 'small_scratch'),
 }
 # Which stage's output each stage starts from (None: a fresh initialization).
 # ('wide': the teacher's variables, from which LIT copies the stem and the head.)
@@ -39,7 +39,7 @@ STAGE_ARCH_FROM = {'dan_adjoined': 'dan'}
 # The stages that need the wide network as a teacher (LIT: it also starts from its stem/head).
 NEEDS_TEACHER = ('thin_kd', 'imitate', 'finetune', 'lit', 'lit_finetune')
 # With `steps` -1 these get as many steps as GWTN's stages 2 and 3 together (equal budgets).
-CONTROL_STAGES = ('thin_scratch', 'thin_kd', 'adjoined', 'dan', 'dan_adjoined')
+CONTROL_STAGES = ('thin_scratch', 'thin_kd', 'adjoined', 'small_scratch', 'dan', 'dan_adjoined')
 # With `steps` -1, LIT's two phases get the lengths of GWTN's stage 2 and stage 3.
 LIT_STEPS_AS = {'lit': 'imitate', 'lit_finetune': 'finetune'}
 
@@ -181,6 +181,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_classes=0,        # 0: the dataset's
       dtype='float32',      # compute dtype (bfloat16 on TPU); parameters stay float32
       stem_strides=1,       # CIFAR-style stem only (2 takes 28x28 to 14x14)
+      num_filters=0,        # ResNets: stage 1's base width (0: the preset's; 64 or 16)
       # BERT only.
       pre_layer_norm=False,  # False: post-LN as in BERT; True: pre-LN (learns at small budgets)
       dropout_rate=0.1,
@@ -260,11 +261,15 @@ def base_config() -> ml_collections.ConfigDict:
   # (the first 1/cf of the filters of every conv with more than 64 input and output
   # channels), trained together from scratch; lambda = min(4 (e/E)^2, 1) per epoch.
   # epoch_steps 0: one pass over the train split at this stage's batch size.
-  config.adjoined = stage_config(steps=-1, cf=4, epoch_steps=0)
+  # threshold: the paper's 64 (a lower one masks more of a CIFAR-size network).
+  config.adjoined = stage_config(steps=-1, cf=4, threshold=64, epoch_steps=0)
+  # AN's control: its small network (the same widths) trained alone, as long.
+  config.small_scratch = stage_config(steps=-1)
   # DAN: a width search over {C, C/2, C/4} per group of channels (Gumbel-softmax, temperature
   # from tau_start to tau_end, exponential), penalized by gamma * expected FLOPs / big FLOPs;
   # the argmax widths are then trained by AN from scratch (dan_adjoined).
-  config.dan = stage_config(steps=-1, epoch_steps=0, gamma=1.0, tau_start=5.0, tau_end=0.5)
+  config.dan = stage_config(steps=-1, epoch_steps=0, gamma=1.0, tau_start=5.0, tau_end=0.5,
+                            threshold=64)
   config.dan_adjoined = stage_config(steps=-1, epoch_steps=0)
   # BERT only: each network fine-tuned on a classification task (equal steps for all).
   config.downstream = downstream_config()
@@ -515,6 +520,34 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _check_positive_int(imitate.steps_per_point, 'imitate.steps_per_point')
+
+  adjoined_stages = [s for s in stages
+                     if s in ('adjoined', 'small_scratch', 'dan', 'dan_adjoined')]
+  if adjoined_stages:
+    _require(not is_text(config),
+             f"stages: '{adjoined_stages[0]}' (Adjoined Networks) applies to ResNets; "
+             f'model.name={config.model.name!r} is a BERT')
+    from gwtn_jax.methods import adjoined  # pylint: disable=g-import-not-at-top
+    for stage in set(adjoined_stages) - {'small_scratch'}:
+      _require(config[stage].epoch_steps >= 0,
+               f'{stage}.epoch_steps={config[stage].epoch_steps} must be >= 0 (0: one pass)')
+    try:
+      if {'adjoined', 'small_scratch', 'dan_adjoined'} & set(stages):
+        _require(isinstance(config.adjoined.cf, int) and config.adjoined.cf >= 1,
+                 f'adjoined.cf={config.adjoined.cf!r} must be an integer >= 1')
+        adjoined.adjoined_widths(wide, config.adjoined.cf, config.adjoined.threshold)
+      if 'dan' in stages:
+        _require(0 < config.dan.tau_end <= config.dan.tau_start,
+                 f'dan.tau_start={config.dan.tau_start}, dan.tau_end={config.dan.tau_end}: '
+                 'need 0 < tau_end <= tau_start')
+        _require(config.dan.gamma >= 0, f'dan.gamma={config.dan.gamma} must be >= 0')
+        _require(bool(adjoined.adjoined_groups(wide, config.dan.threshold)),
+                 f'dan.threshold={config.dan.threshold}: no conv of the wide network has more '
+                 'input and output channels, so there is no width to search')
+    except ValueError as e:
+      if isinstance(e, ConfigError):
+        raise
+      raise ConfigError(f'adjoined.{e}') from None
 
   if 'lit' in stages:
     lit_cfg = config.lit

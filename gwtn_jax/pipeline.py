@@ -34,6 +34,7 @@ REPORT_KEYS = {
     'finetune': ('thin_gwtn', ('imitate', 'finetune')),
     'lit_finetune': ('thin_lit', ('lit', 'lit_finetune')),
     'adjoined': ('small_an', ('adjoined',)),
+    'small_scratch': ('small_scratch', ('small_scratch',)),
     'dan_adjoined': ('small_dan', ('dan_adjoined',)),
 }
 
@@ -134,7 +135,8 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
     done = loop.read_result(config.teacher_dir)
     if done is not None:
       results['wide'] = [loop.StageResult('wide', teacher, done['metrics'], done['history'],
-                                          done['steps'], done['wall_s'], done['curve_metric'])]
+                                          done['steps'], done['wall_s'], done['curve_metric'],
+                                          exp.wide)]
 
   def downstream(name: str, source: loop.StageResult, role: str, seed: int) -> None:
     """Fine-tunes a produced network on the downstream task."""
@@ -154,7 +156,9 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
     for stage in stages:
       if stage in ('wide', 'downstream'):
         continue
-      method, model = builders.build_method(config, stage, exp)
+      arch = config_lib.STAGE_ARCH_FROM.get(stage)
+      method, model = builders.build_method(config, stage, exp,
+                                            found=produced[arch].summary if arch else None)
       source = config_lib.STAGE_INIT_FROM.get(stage)
       name = f'seed{seed}/{stage}'
       result = loop.run_stage(

@@ -68,9 +68,10 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
     if stage not in results:
       continue
     runs = results[stage]
-    role = 'wide' if stage == 'wide' else 'thin'
-    if role not in flops_cache:
-      flops_cache[role] = forward_flops(exp.network(role), exp.task)
+    # The network the stage produced (AN: the extracted small network), else the config's.
+    model = runs[0].model or exp.network('wide' if stage == 'wide' else 'thin')
+    if repr(model) not in flops_cache:
+      flops_cache[repr(model)] = forward_flops(model, exp.task)
     down = results.get(f'downstream/{key}', [])
     per_seed = []
     for i, run in enumerate(runs):
@@ -84,7 +85,7 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
     names = per_seed[0]['metrics'].keys()
     report[key] = {
         'params': count_params(runs[0].variables),
-        'flops': flops_cache[role],
+        'flops': flops_cache[repr(model)],
         'train_steps': per_seed[0]['train_steps'],
         'wall_s': _mean([p['wall_s'] for p in per_seed]),
         'metrics': {m: _mean([p['metrics'][m] for p in per_seed]) for m in names},

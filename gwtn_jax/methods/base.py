@@ -11,7 +11,8 @@ functions of arrays that the loop jits with shardings:
 - `loss(phase, params, state, teacher, batch, rng)` -> `(loss, (new_state, metrics))`;
 - `trainable(phase, params)` -> a tree of Python bools (None: everything trains);
 - `eval_metrics(phase, variables, teacher, batch)` -> sums over the batch, `count` included;
-- `export(variables, teacher)` -> the variables of the plain network this method produces.
+- `export(variables, teacher)` -> the variables of the plain network this method produces;
+- `summary(variables)` -> anything else it found, as JSON (DAN: the widths), or None.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class Method:
   def export(self, variables: Variables, teacher: Variables | None = None) -> Variables:
     del teacher
     return variables
+
+  def summary(self, variables: Variables) -> Any:
+    """What the stage found besides the network, JSON-able (kept in its result.json)."""
+    del variables
+    return None
 
 
 # --- Pieces the methods share ------------------------------------------------------------------

@@ -3,7 +3,8 @@
 `resnet.py`: width-multiplied ResNets (`get_model`). `bert.py`: width-multiplied BERT
 (`get_bert`). Both expose the same imitation interface: `point_names`, `point_channels`,
 `point_modules`, `read_points`, `head_modules`, `stacked_modules`, and `stop_at` /
-`start_after` in their forward pass.
+`start_after` in their forward pass. A ResNet also takes per-layer widths (`WidthPlan`) and
+runs an adjoined small path on its own parameters (`small=`, `channel_masks=`).
 """
 
 from gwtn_jax.models.bert import BERT_PRESETS
@@ -11,6 +12,7 @@ from gwtn_jax.models.bert import Bert
 from gwtn_jax.models.bert import get_bert
 from gwtn_jax.models.resnet import MODELS
 from gwtn_jax.models.resnet import ResNet
+from gwtn_jax.models.resnet import WidthPlan
 from gwtn_jax.models.resnet import get_model
 
-__all__ = ['BERT_PRESETS', 'Bert', 'MODELS', 'ResNet', 'get_bert', 'get_model']
+__all__ = ['BERT_PRESETS', 'Bert', 'MODELS', 'ResNet', 'WidthPlan', 'get_bert', 'get_model']

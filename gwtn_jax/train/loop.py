@@ -86,6 +86,8 @@ class StageResult:
   steps: int
   wall_s: float
   curve_metric: str
+  model: Any = None              # the produced network (for its FLOPs in the report)
+  summary: Any = None            # what the method says of its result (JSON), e.g. DAN's widths
 
 
 def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Method,
@@ -274,7 +276,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                           'again (use a new workdir to run it longer)')
     variables = load_stage_output(stage_dir, spec.model, spec.task, mesh, rules)
     return StageResult(spec.name, variables, done['metrics'], done['history'], done['steps'],
-                       done['wall_s'], done['curve_metric'])
+                       done['wall_s'], done['curve_metric'], spec.model, done.get('summary'))
 
   period = phases[0].steps if len(phases) > 1 else None
   tx, schedule = optim.make_optimizer(spec.optimizer, total_steps, period)
@@ -353,13 +355,14 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
       # Resumed at the very end: the final eval was not kept, so do it again.
       last_metrics = evaluate(phases[-1], state, teacher)
     checkpoints.wait()
+    summary = method.summary(_variables(state))
     variables = method.export(_variables(state), teacher)
     checkpoint_lib.save_final(os.path.join(stage_dir, 'final'), variables)
     wall_s = wall()
     _write_json(os.path.join(stage_dir, RESULT_FILE), {
         'name': spec.name, 'steps': total_steps, 'wall_s': wall_s, 'metrics': last_metrics,
         'history': history, 'curve_metric': method.curve_metric,
-        'skipped_steps': check.skipped})
+        'skipped_steps': check.skipped, 'summary': summary})
   finally:
     checkpoints.close()
     writer.close()
@@ -367,4 +370,4 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                    ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()) +
                    (f'; {check.skipped} non-finite steps skipped' if check.skipped else ''))
   return StageResult(spec.name, variables, last_metrics, history, total_steps, wall_s,
-                     method.curve_metric)
+                     method.curve_metric, spec.model, summary)

@@ -1,0 +1,406 @@
+"""Adjoined Networks (AN) and Differentiable Adjoined Networks (DAN) of Nath et al., for ResNets.
+
+**AN.** One parameter tree holds a big ResNet and a small one adjoined to it: the small network
+uses the first C / cf filters (and the first input channels) of every masked conv, sliced for
+real so that it costs the small FLOPs, with BatchNorm layers of its own, and shares the head
+(`ResNet(..., small=plan)`). The loss is
+
+    CE(big, y) + lambda * KL(p_big || p_small),
+
+at temperature 1 and without a stop-gradient: the big network learns from the small one too.
+lambda = min(4 (e / E)^2, 1) for epoch e (0-based) of E, so it changes once per epoch. Both
+networks run BatchNorm in training mode, each on its own statistics. Eval scores the small
+network (the product: `accuracy`, `loss`; the big one's as `big_*`), and `export` gives the
+small network extracted as a plain ResNet (`resnet.extract_small`): a stage's `model` for
+restoring it is `model.clone(widths=small)`.
+
+**Masking rule.** A conv is masked (its output cut to C_out / cf) iff its big input and output
+both have more than 64 channels. Residual adds need one width per residual stream, so the rule
+is applied per width group (`ResNet.width_groups`): a group is reduced iff every conv that
+writes it, projection shortcuts aside, has more than 64 input and output channels (the image
+counts as not: the stem is never reduced); a projection's output follows its stream. On
+ResNet-50 that is exactly the paper's conv-level rule (every projection agrees there with its
+stage's last conv); on basic-block nets a projection from 64 channels follows its reduced
+stream (ResNet-18's stage 2), which the residual add requires.
+
+**DAN.** Every group the AN rule reduces gets learnable logits over the widths {C, C/2, C/4}
+(those that are integers) in `params['width_logits'][group]`, starting at zero (uniform; our
+choice). The DAN network runs the full kernels and multiplies each group's channels, after its
+own BatchNorm and before the ReLU / residual add, by m = sum_j w_j 1[c < C_j], w a
+Gumbel-softmax sample at temperature tau (the argmax one-hot at eval, so the masked channels
+are exactly 0). The loss is
+
+    CE(big, y) + lambda * (KL(p_big || p_dan) + gamma * expected FLOPs / full FLOPs),
+
+the expected FLOPs summed once per conv: k^2 H_out W_out E[c_in] E[c_out], E[c] = sum_j p_j C_j
+with p = softmax(logits) (a group without logits: its width). Convs only: the head, BatchNorm
+and pooling are left out. Dividing by the same count at full widths makes gamma scale-free.
+tau decays exponentially from tau0 to tau_min over the stage; tau0 = 5, tau_min = 0.5 and
+gamma = 1 are our choices (DESIGN.md gives none). The read-out takes each group's argmax
+(`dan_widths`); AN then retrains those widths. `export` gives the read-out network extracted.
+The optimizer is the loop's: its weight decay, if any, applies to the logits too.
+
+**Step counter.** The loop does not pass the step to a loss, and lambda and tau need it, so it
+lives in the state: `{'adjoined': {'step': int32}}`, advanced by the loss, checkpointed and
+resumed with the rest. A step the loop skips for a non-finite loss keeps the old state, so the
+counter then lags the loop's step by the skipped steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from gwtn_jax.methods import base
+from gwtn_jax.methods import tasks as tasks_lib
+from gwtn_jax.models import resnet
+
+COUNTER = 'adjoined'  # the collection of the step counter
+LOGITS = 'width_logits'  # DAN's params entry: group -> logits over its widths
+MASK_THRESHOLD = 64  # a conv is masked iff its in and out channels both exceed this
+
+
+# --- Widths ------------------------------------------------------------------------------------
+
+def adjoined_groups(model: resnet.ResNet, threshold: int = MASK_THRESHOLD) -> tuple[str, ...]:
+  """The width groups the AN rule reduces (see the module docstring), bottom to top.
+
+  `threshold`: a conv is masked iff its input and output both have more channels (the
+  paper's 64; a config field, since on a CIFAR-size network 64 leaves almost nothing masked).
+  """
+  widths = model.width_groups()
+  reduced: dict[str, bool] = {}
+  for conv in model.conv_layers():
+    if conv.shortcut:
+      continue
+    masked = (conv.in_group is not None and widths[conv.in_group] > threshold
+              and widths[conv.out_group] > threshold)
+    reduced[conv.out_group] = reduced.get(conv.out_group, True) and masked
+  return tuple(group for group in widths if reduced.get(group, False))
+
+
+def adjoined_widths(model: resnet.ResNet, cf: int, threshold: int = MASK_THRESHOLD
+                    ) -> resnet.WidthPlan:
+  """The small network of AN: every reduced group at width / cf, every other at its width.
+
+  Args:
+    model: the big network.
+    cf: the compression factor.
+    threshold: see `adjoined_groups`.
+
+  Raises:
+    ValueError: one line, if cf is not an integer >= 1 or does not divide a reduced width.
+  """
+  if isinstance(cf, bool) or not isinstance(cf, numbers.Integral) or cf < 1:
+    raise ValueError(f'cf={cf!r} must be an integer >= 1')
+  widths = model.width_groups()
+  small = {}
+  for group in adjoined_groups(model, threshold):
+    if widths[group] % cf:
+      raise ValueError(f'cf={cf} does not divide the {widths[group]} channels of {group}')
+    small[group] = widths[group] // cf
+  return model.widths_from_groups(small)
+
+
+def dan_choices(model: resnet.ResNet, threshold: int = MASK_THRESHOLD
+                ) -> dict[str, tuple[int, ...]]:
+  """DAN's candidate widths: group -> (C, C/2, C/4), those that are integers."""
+  widths = model.width_groups()
+  return {group: tuple(widths[group] // d for d in (1, 2, 4) if widths[group] % d == 0)
+          for group in adjoined_groups(model, threshold)}
+
+
+def dan_widths(model: resnet.ResNet, logits: Mapping[str, Any],
+               threshold: int = MASK_THRESHOLD) -> resnet.WidthPlan:
+  """DAN's read-out: the argmax width of every group (groups without logits: full width).
+
+  Args:
+    model: the big network.
+    logits: group -> logits over its `dan_choices` (concrete arrays).
+
+  Raises:
+    ValueError: unknown groups, or logits of the wrong length.
+  """
+  choices = dan_choices(model, threshold)
+  chosen = {}
+  for group, values in logits.items():
+    values = np.asarray(values)
+    if group not in choices or values.shape != (len(choices[group]),):
+      sizes = {g: len(c) for g, c in choices.items()}
+      raise ValueError(f'logits[{group!r}] of shape {values.shape} does not fit the searched '
+                       f'groups (group: number of choices) {sizes}')
+    chosen[group] = choices[group][int(np.argmax(values))]
+  return model.widths_from_groups(chosen)
+
+
+def channel_mask(choices: Sequence[int], weights: jax.Array) -> jax.Array:
+  """m[c] = sum_j weights[j] * 1[c < choices[j]], over the group's max(choices) channels."""
+  keep = jnp.arange(max(choices))[:, None] < jnp.asarray(choices)[None, :]
+  return keep.astype(jnp.float32) @ weights.astype(jnp.float32)
+
+
+def expected_flops(model: resnet.ResNet, image_shape: Sequence[int],
+                   logits: Mapping[str, jax.Array], threshold: int = MASK_THRESHOLD
+                   ) -> jax.Array:
+  """Expected multiply-accumulates of the convs: sum of k^2 H_out W_out E[c_in] E[c_out].
+
+  Args:
+    model: the big network.
+    image_shape: (H, W, C) of its input.
+    logits: group -> logits over its `dan_choices`; E[c] = sum_j softmax(logits)_j C_j, and a
+      group without logits counts its width ({} gives the full network's count).
+
+  Returns:
+    A float32 scalar; each conv is counted once.
+  """
+  height, width, channels = image_shape
+  choices = dan_choices(model, threshold)
+  expected = dict(model.width_groups())
+  for group, values in logits.items():
+    p = jax.nn.softmax(jnp.asarray(values, jnp.float32))
+    expected[group] = jnp.sum(p * jnp.asarray(choices[group], jnp.float32))
+  total = 0.0
+  for conv in model.conv_layers():
+    area = -(-height // conv.reduction) * -(-width // conv.reduction)
+    c_in = channels if conv.in_group is None else expected[conv.in_group]
+    total = total + conv.kernel**2 * area * c_in * expected[conv.out_group]
+  return jnp.asarray(total, jnp.float32)
+
+
+# --- Schedules ---------------------------------------------------------------------------------
+
+def lambda_schedule(step: Any, steps_per_epoch: int, epochs: int) -> jax.Array:
+  """lambda = min(4 (e / E)^2, 1), e = floor(step / steps_per_epoch) the epoch, E = epochs."""
+  epoch = jnp.asarray(step) // steps_per_epoch
+  return jnp.minimum(4.0 * (epoch / epochs) ** 2, 1.0).astype(jnp.float32)
+
+
+def tau_schedule(step: Any, steps: int, tau0: float, tau_min: float) -> jax.Array:
+  """Exponential decay from tau0 at step 0 to tau_min at step `steps` (then constant)."""
+  progress = jnp.clip(jnp.asarray(step, jnp.float32) / max(steps, 1), 0.0, 1.0)
+  return (tau0 * (tau_min / tau0) ** progress).astype(jnp.float32)
+
+
+# --- Methods -----------------------------------------------------------------------------------
+
+def _overlay_subset(fresh: dict[str, Any], given: base.Variables | None) -> dict[str, Any]:
+  """`base.overlay` for given variables that hold part of the fresh ones.
+
+  A plain big network's variables go into the adjoined tree; the small network's BatchNorm
+  layers (and DAN's logits) start fresh.
+  """
+  if given is None:
+    return fresh
+  flat_given = traverse_util.flatten_dict(nn.meta.unbox(dict(given)))
+  flat_fresh = traverse_util.flatten_dict(fresh)
+  unknown = [path for path in flat_given if path not in flat_fresh]
+  if unknown:
+    raise ValueError(f'init: {"/".join(unknown[0])} is not a variable of the adjoined network')
+  part = traverse_util.unflatten_dict({path: flat_fresh[path] for path in flat_given})
+  merged = base.overlay(part, traverse_util.unflatten_dict(flat_given))
+  flat_fresh.update(traverse_util.flatten_dict(merged))
+  return traverse_util.unflatten_dict(flat_fresh)
+
+
+class _AdjoinedMethod(base.Method):
+  """What AN and DAN share: the two forwards, the loss, the counter, eval."""
+
+  def __init__(self, model: resnet.ResNet, task: tasks_lib.Task, steps: int,
+               steps_per_epoch: int, epochs: int | None):
+    if steps_per_epoch < 1:
+      raise ValueError(f'steps_per_epoch={steps_per_epoch} must be >= 1')
+    epochs = math.ceil(steps / steps_per_epoch) if epochs is None else epochs
+    if epochs < 1:
+      raise ValueError(f'epochs={epochs} must be >= 1')
+    self.model, self.task, self.steps = model, task, steps
+    self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
+    self.curve_metric = task.curve_metric
+
+  # What AN and DAN fill in.
+
+  def _path(self, params: Any, step: jax.Array, rng: jax.Array | None) -> dict[str, Any]:
+    """The small network's forward arguments (rng None: eval)."""
+    raise NotImplementedError
+
+  def _init_path(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _penalty(self, params: Any, step: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+    del params, step
+    return 0.0, {}
+
+  def _fresh_params(self) -> dict[str, Any]:
+    return {}
+
+  # The contract.
+
+  def phases(self):
+    return [base.Phase('train', self.steps)]
+
+  def init(self, rng, batch, init=None):
+    path = self._init_path()
+
+    def both(module, *inputs):  # creates the small network's BatchNorm layers too
+      return module(*inputs, train=False), module(*inputs, train=False, **path)
+
+    variables = dict(self.model.init(rng, *self.task.inputs(batch), method=both))
+    variables = _overlay_subset(variables, init)
+    variables['params'] = {**variables['params'], **self._fresh_params()}
+    variables[COUNTER] = {'step': jnp.zeros((), jnp.int32)}
+    return variables
+
+  def _network(self, params, stats) -> dict[str, Any]:
+    return {'params': {k: v for k, v in params.items() if k != LOGITS}, 'batch_stats': stats}
+
+  def model_variables(self, variables: base.Variables) -> dict[str, Any]:
+    """The big network alone: the variables of the plain `model` (no small BatchNorms,
+    logits or counter)."""
+    def big(tree):
+      return {k: big(v) if isinstance(v, Mapping) else v for k, v in tree.items()
+              if not k.endswith(resnet.SMALL_SUFFIX)}
+    network = self._network(variables['params'], variables['batch_stats'])
+    return {name: big(tree) for name, tree in network.items()}
+
+  def loss(self, phase, params, state, teacher, batch, rng):
+    del phase, teacher
+    step = state[COUNTER]['step']
+    network = self._network(params, state['batch_stats'])
+    big, updates = self.task.forward(self.model, network, batch, train=True)
+    network['batch_stats'] = updates['batch_stats']
+    small, updates = self.task.forward(self.model, network, batch, train=True,
+                                       **self._path(params, step, rng))
+    task_loss, metrics = self.task.loss(big, batch)
+    _, small_metrics = self.task.loss(small, batch)
+    # Temperature 1, no stop-gradient: the KL trains the big network too.
+    kl = self.task.kd(small, big, batch, 1.0)
+    penalty, extra = self._penalty(params, step)
+    weight = lambda_schedule(step, self.steps_per_epoch, self.epochs)
+    loss = task_loss + weight * (kl + penalty)
+    state = {**state, 'batch_stats': updates['batch_stats'], COUNTER: {'step': step + 1}}
+    metrics = dict(metrics, task_loss=task_loss, kl=kl, small_accuracy=small_metrics['accuracy'],
+                   **{'lambda': weight}, **extra)
+    return loss, (state, metrics)
+
+  def eval_metrics(self, phase, variables, teacher, batch):
+    del phase, teacher
+    network = self._network(variables['params'], variables['batch_stats'])
+    small, _ = self.task.forward(self.model, network, batch, train=False,
+                                 **self._path(variables['params'], variables[COUNTER]['step'],
+                                              None))
+    big, _ = self.task.forward(self.model, network, batch, train=False)
+    big_sums = {f'big_{k}': v for k, v in self.task.eval_sums(big, batch).items() if k != 'count'}
+    return dict(self.task.eval_sums(small, batch), **big_sums)
+
+
+class Adjoined(_AdjoinedMethod):
+  """AN: the big network and the adjoined small one of widths `small` (module docstring).
+
+  Args:
+    model: the big ResNet.
+    task: an image classification task.
+    steps: the length of the stage.
+    small: the small network's widths (`adjoined_widths(model, cf)`, or DAN's read-out).
+    steps_per_epoch: steps of one epoch (lambda changes once per epoch).
+    epochs: E of the lambda schedule (None: ceil(steps / steps_per_epoch)).
+
+  Raises:
+    ValueError: one line, for a `small` that does not fit `model` or bad schedule values.
+  """
+
+  def __init__(self, model: resnet.ResNet, task: tasks_lib.Task, steps: int,
+               small: resnet.WidthPlan, steps_per_epoch: int, epochs: int | None = None):
+    super().__init__(model, task, steps, steps_per_epoch, epochs)
+    model.check_widths(small, 'small', within=model.width_plan())
+    self.small = small
+
+  def _path(self, params, step, rng):
+    del params, step, rng
+    return {'small': self.small}
+
+  def _init_path(self):
+    return {'small': self.small}
+
+  def export(self, variables, teacher=None):
+    """The small network's variables, as a plain ResNet of widths `small`."""
+    del teacher
+    return resnet.extract_small(self.model, variables, self.small)[1]
+
+
+class Dan(_AdjoinedMethod):
+  """DAN: AN with learnt widths per group and a FLOPs penalty (module docstring).
+
+  Args:
+    model: the big ResNet.
+    task: an image classification task (its image shape sizes the FLOPs count).
+    steps: the length of the stage (tau reaches tau_min at its end).
+    steps_per_epoch: steps of one epoch (lambda changes once per epoch).
+    epochs: E of the lambda schedule (None: ceil(steps / steps_per_epoch)).
+    gamma: weight of the FLOPs ratio inside the lambda term.
+    tau0: the Gumbel-softmax temperature at step 0.
+    tau_min: the temperature at the last step.
+
+  Raises:
+    ValueError: one line, for a network with no group to search or bad schedule values.
+  """
+
+  def __init__(self, model: resnet.ResNet, task: tasks_lib.Task, steps: int,
+               steps_per_epoch: int, epochs: int | None = None, gamma: float = 1.0,
+               tau0: float = 5.0, tau_min: float = 0.5, threshold: int = MASK_THRESHOLD):
+    super().__init__(model, task, steps, steps_per_epoch, epochs)
+    self.threshold = threshold
+    self.choices = dan_choices(model, threshold)
+    if not self.choices:
+      raise ValueError(f'Dan: no conv of this network has more than {threshold} input and '
+                       'output channels, so there is no width to search')
+    if not 0 < tau_min <= tau0:
+      raise ValueError(f'tau0={tau0}, tau_min={tau_min}: need 0 < tau_min <= tau0')
+    self.image_shape = tuple(task.image_shape)
+    self.gamma, self.tau0, self.tau_min = gamma, tau0, tau_min
+    self.full_flops = float(expected_flops(model, self.image_shape, {}, threshold))
+
+  def _path(self, params, step, rng):
+    logits = params[LOGITS]
+    tau = tau_schedule(step, self.steps, self.tau0, self.tau_min)
+    masks = {}
+    for k, (group, choices) in enumerate(self.choices.items()):
+      if rng is None:
+        weights = jax.nn.one_hot(jnp.argmax(logits[group]), len(choices))
+      else:
+        noise = jax.random.gumbel(jax.random.fold_in(rng, k), logits[group].shape)
+        weights = jax.nn.softmax((logits[group] + noise) / tau)
+      masks[group] = channel_mask(choices, weights)
+    return {'channel_masks': masks}
+
+  def _init_path(self):
+    return {'channel_masks': {g: jnp.ones((c[0],)) for g, c in self.choices.items()}}
+
+  def _fresh_params(self):
+    return {LOGITS: {g: jnp.zeros((len(c),), jnp.float32) for g, c in self.choices.items()}}
+
+  def _penalty(self, params, step):
+    ratio = (expected_flops(self.model, self.image_shape, params[LOGITS], self.threshold)
+             / self.full_flops)
+    tau = tau_schedule(step, self.steps, self.tau0, self.tau_min)
+    return self.gamma * ratio, {'flops_ratio': ratio, 'tau': tau}
+
+  def read_out(self, variables: base.Variables) -> resnet.WidthPlan:
+    """The found widths: every group's argmax (`dan_widths`)."""
+    return dan_widths(self.model, jax.device_get(variables['params'][LOGITS]), self.threshold)
+
+  def export(self, variables, teacher=None):
+    """The big network alone, a plain ResNet (the search's product is `summary`'s widths)."""
+    del teacher
+    return self.model_variables(variables)
+
+  def summary(self, variables):
+    """The read-out widths (JSON), from which AN then trains the found network."""
+    return dataclasses.asdict(self.read_out(variables))
