@@ -45,7 +45,7 @@ def _stage_seed(seed: int, stage: str) -> int:
 
 
 # The networks the downstream stage fine-tunes (GWTN's, the wide one and the two controls).
-DOWNSTREAM_OF = ('wide', 'thin_scratch', 'thin_kd', 'finetune')
+DOWNSTREAM_OF = ('wide', 'thin_scratch', 'thin_kd', 'finetune', 'lit_finetune')
 
 
 def _spec(config, stage: str, name: str, method, model, task, init_seed: int, data_seed: int

@@ -1,6 +1,7 @@
 """The run report: `report.json`, `report.md` (the side-by-side table) and `curves.png`.
 
-`report.json` maps each network (wide, thin_scratch, thin_kd, thin_imitated, thin_gwtn) to
+`report.json` maps each network (wide, thin_scratch, thin_kd, thin_imitated, thin_gwtn; with
+other methods thin_lit, small_an, small_scratch, small_dan) to
 {params, flops, train_steps, wall_s, metrics}, where metrics are the mean over the seeds and
 `spread` holds their standard deviation: {accuracy, loss} for images, {mlm_accuracy, mlm_loss}
 after pre-training for a BERT, plus {downstream_accuracy, downstream_loss} after its downstream
@@ -22,8 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gwtn_jax import config_lib
+
 # The report's entry that describes the downstream task (every other entry is a network).
 DOWNSTREAM_TASK = 'downstream_task'
+# (method, control, what its paper claims): the comparisons report.md spells out.
+CLAIMS = (
+    ('thin_gwtn', 'thin_scratch', 'GWTN claims better'),
+    ('thin_gwtn', 'thin_kd', 'GWTN claims better'),
+    ('thin_lit', 'thin_kd', 'LIT claims better'),
+    ('small_an', 'small_scratch', 'AN claims better'),
+)
 
 
 def count_params(variables: Mapping[str, Any]) -> int:
@@ -119,7 +129,7 @@ def _markdown(report: dict[str, Any], config) -> str:
   rows = networks(report)
   metrics = list(dict.fromkeys(m for row in rows.values() for m in row['metrics']))
   lines = [
-      '# GWTN run report', '',
+      f'# Run report: {", ".join(config_lib.stages_of(config))}', '',
       f'Model `{config.model.name}`, thin width {config.thin_width}, wide width '
       f'{config.wide_width}; data `{config.data.name}`; seeds {tuple(config.seeds)}.', '',
       '| network | params | forward MFLOPs/example | train steps | wall s | '
@@ -139,21 +149,19 @@ def _markdown(report: dict[str, Any], config) -> str:
     lines.append(f'| {key} | {row["params"]:,} | {row["flops"] / 1e6:.2f} | '
                  f'{row["train_steps"]} | {row["wall_s"]:.0f} | ' + ' | '.join(cells) + ' |')
   lines.append('')
-  if 'thin_gwtn' in rows:
-    gwtn = rows['thin_gwtn']['metrics']
-    for control in ('thin_scratch', 'thin_kd'):
-      if control not in rows:
-        continue
-      other = rows[control]['metrics']
-      deltas = []
-      for m in metrics:
-        if m in gwtn and m in other:
-          delta = gwtn[m] - other[m]
-          better = (delta < 0) if _lower_is_better(m) else (delta > 0)
-          shown = f'{delta:+.4f}' if _lower_is_better(m) else f'{100 * delta:+.2f} points'
-          deltas.append(f'{m} {shown} ({"better" if better else "worse"})')
-      lines.append(f'- thin_gwtn vs {control} at equal thin training steps '
-                   f'({rows[control]["train_steps"]}): ' + ', '.join(deltas) + '.')
+  for method, control, claim in CLAIMS:
+    if method not in rows or control not in rows:
+      continue
+    ours, other = rows[method]['metrics'], rows[control]['metrics']
+    deltas = []
+    for m in metrics:
+      if m in ours and m in other:
+        delta = ours[m] - other[m]
+        better = (delta < 0) if _lower_is_better(m) else (delta > 0)
+        shown = f'{delta:+.4f}' if _lower_is_better(m) else f'{100 * delta:+.2f} points'
+        deltas.append(f'{m} {shown} ({"better" if better else "worse"})')
+    lines.append(f'- {method} vs {control} at equal training steps '
+                 f'({rows[control]["train_steps"]}): ' + ', '.join(deltas) + f' [{claim}].')
   task = report.get(DOWNSTREAM_TASK)
   if task:
     steps = next((r['downstream_steps'] for r in rows.values() if 'downstream_steps' in r), 0)

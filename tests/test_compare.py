@@ -140,3 +140,31 @@ def test_adjoined_networks_are_for_resnets(tmp_path):
   with pytest.raises(config_lib.ConfigError,
                      match=r"stages: 'adjoined' \(Adjoined Networks\) applies to ResNets"):
     config_lib.validate(tiny_config('bert', method='adjoined'), str(tmp_path))
+
+
+@pytest.mark.parametrize('name', [
+    'configs/fashion_mnist.py', 'configs/compare_fashion_mnist.py',
+    'configs/compare_fashion_mnist.py:smoke', 'configs/lit_cifar.py',
+    'configs/lit_cifar.py:compare', 'configs/adjoined_imagenet.py',
+    'configs/adjoined_imagenet.py:dan', 'configs/resnet50_imagenet.py',
+    'configs/resnet50_imagenet.py:mesh=fsdp'])
+def test_image_configs_are_valid_and_budgets_equal(name):
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  path, _, arg = name.partition(':')
+  module = config_flags.config_flags._LoadConfigModule('c', path)  # pylint: disable=protected-access
+  config = module.get_config(arg)
+  if 'mesh=fsdp' in arg:
+    config.mesh.shape.update(fsdp=8)
+  config_lib.validate(config, None, data=False)
+  exp = builders.build_experiment(config, static=True)
+  stages = config_lib.stages_of(config)
+  steps = {s: builders.build_method(config, s, exp)[0] for s in stages}
+  steps = {s: sum(p.steps for p in m.phases()) for s, m in steps.items()}
+  budgets = []
+  if 'finetune' in stages:
+    budgets.append(steps['imitate'] + steps['finetune'])
+  if 'lit_finetune' in stages:
+    budgets.append(steps['lit'] + steps['lit_finetune'])
+  budgets += [steps[s] for s in ('thin_scratch', 'thin_kd', 'adjoined', 'small_scratch')
+              if s in stages]
+  assert len(set(budgets)) <= 1, budgets

@@ -159,3 +159,19 @@ def test_bad_lit_configs_are_refused_in_one_line(tmp_path, overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match) as error:
     config_lib.validate(tiny_config(**overrides), str(tmp_path))
   assert '\n' not in str(error.value)
+
+
+def test_bert_lit_through_the_pipeline_with_its_downstream_task(tmp_path):
+  """A 4-layer teacher (bert_mini at a quarter: hidden 64), a 2-layer student (bert_tiny at a
+  half: hidden 64), two sections; both then fine-tuned on the downstream task."""
+  config = tiny_config('bert', method='lit', thin_width=0.5, wide_width=0.25)
+  config.model.wide_name = 'bert_mini'
+  report = pipeline.run(config, str(tmp_path))
+  from gwtn_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+  rows = report_lib.networks(report)
+  assert set(rows) == {'wide', 'thin_lit'}
+  assert rows['thin_lit']['params'] < rows['wide']['params']
+  for row in rows.values():
+    assert {'mlm_accuracy', 'mlm_loss', 'downstream_accuracy'} <= set(row['metrics'])
+  result = loop.read_result(str(tmp_path / 'stages' / 'seed0' / 'lit'))
+  assert {'ir/layer_1', 'ir/layer_2'} <= set(result['history'][-1]['metrics']) or result['steps'] > 0

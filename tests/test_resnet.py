@@ -104,12 +104,17 @@ def test_every_preset_is_registered_and_builds():
   assert set(MODELS) == {
       'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'cifar_resnet8',
       'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
-      'cifar_resnet110'}
+      'cifar_resnet110', 'cifar_bottleneck20', 'cifar_bottleneck29', 'cifar_bottleneck164'}
   for name in MODELS:
     model = get_model(name, num_classes=10)
     assert isinstance(model, ResNet)
     model.channel_plan()
   assert get_model('cifar_resnet110', num_classes=10).stage_sizes == (18, 18, 18)
+  bottleneck = get_model('cifar_bottleneck164', num_classes=10, width_multiplier=4.0)
+  assert bottleneck.stage_sizes == (18, 18, 18)
+  # Widening a bottleneck net keeps its block outputs (what LIT's sections need).
+  plan, thin = bottleneck.channel_plan(), get_model('cifar_bottleneck20', num_classes=10).channel_plan()
+  assert plan.out == thin.out == (64, 128, 256) and plan.inner == (64, 128, 256)
 
 
 def test_unknown_model_name_lists_choices():
