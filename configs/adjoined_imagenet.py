@@ -21,6 +21,7 @@ Values and where they come from:
   cosine schedule peaking at 4e-3; 100 epochs.
 - Ours: global batch 1024 and bfloat16 compute; the one-cycle's rise over the first 25% of
   the steps (fastai's default), linear, then cosine to 0; weight decay on kernels only.
+- `small_scratch`, AN's control: the same small network alone, with the same recipe.
 - `:dan` runs DAN's width search over {C, C/2, C/4} for 10 epochs (ours), then AN on the
   widths found, for the same 100 epochs.
 """
@@ -58,10 +59,10 @@ def get_config(arg: str = ''):
   steps = 100 * epoch
   adam = dict(name='adamw', learning_rate=4e-3, weight_decay=1e-2, weight_decay_on='kernels',
               schedule='cosine', warmup_steps=steps // 4, final_lr_fraction=0.0)
-  for stage in ('adjoined', 'dan_adjoined'):
+  for stage in ('adjoined', 'small_scratch', 'dan_adjoined'):
     config[stage].steps = steps
-    config[stage].epoch_steps = epoch
     config[stage].optimizer.update(adam)
+  config.adjoined.epoch_steps = config.dan_adjoined.epoch_steps = epoch
   config.adjoined.cf = 4
   config.dan.steps = 10 * epoch
   config.dan.epoch_steps = epoch

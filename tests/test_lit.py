@@ -173,5 +173,5 @@ def test_bert_lit_through_the_pipeline_with_its_downstream_task(tmp_path):
   assert rows['thin_lit']['params'] < rows['wide']['params']
   for row in rows.values():
     assert {'mlm_accuracy', 'mlm_loss', 'downstream_accuracy'} <= set(row['metrics'])
-  result = loop.read_result(str(tmp_path / 'stages' / 'seed0' / 'lit'))
-  assert {'ir/layer_1', 'ir/layer_2'} <= set(result['history'][-1]['metrics']) or result['steps'] > 0
+  # As long as GWTN's stages 2 (3 points x 2 steps) and 3 (2 steps) would be.
+  assert rows['thin_lit']['train_steps'] == 8
