@@ -50,10 +50,6 @@ class Experiment:
   wide: nn.Module
   downstream: Downstream | None = None
 
-  def network(self, role: str) -> nn.Module:
-    assert role in ROLES, role
-    return self.thin if role == 'thin' else self.wide
-
 
 def max_predictions(seq_len: int, mask_rate: float) -> int:
   """The most positions the MLM masking chooses in one sequence (see data/text.py)."""
@@ -174,6 +170,11 @@ def _epoch_steps(config, stage: str, exp: Experiment) -> int:
   return max(1, exp.data.info.num_train // batch)
 
 
+def _an_widths(config, big: nn.Module) -> models.WidthPlan:
+  """AN's small network: `adjoined.cf` wherever convs exceed `adjoined.threshold` channels."""
+  return adjoined.adjoined_widths(big, config.adjoined.cf, config.adjoined.threshold)
+
+
 def build_method(config, stage: str, exp: Experiment, found: Any = None
                  ) -> tuple[base.Method, nn.Module]:
   """The method a stage runs, and the network whose variables it produces.
@@ -210,15 +211,12 @@ def build_method(config, stage: str, exp: Experiment, found: Any = None
     return adjoined.Dan(wide, task, steps, _epoch_steps(config, stage, exp), gamma=c.gamma,
                         tau0=c.tau_start, tau_min=c.tau_end, threshold=c.threshold), wide
   if stage in ('adjoined', 'dan_adjoined'):
-    if stage == 'dan_adjoined' and found is not None:
-      small = models.WidthPlan(**found)
-    else:
-      small = adjoined.adjoined_widths(wide, config.adjoined.cf, config.adjoined.threshold)
+    small = (models.WidthPlan(**found) if stage == 'dan_adjoined' and found is not None
+             else _an_widths(config, wide))
     method = adjoined.Adjoined(wide, task, steps, small, _epoch_steps(config, stage, exp))
     return method, wide.clone(widths=small)
   if stage == 'small_scratch':  # AN's control: its small network alone
-    small = wide.clone(widths=adjoined.adjoined_widths(wide, config.adjoined.cf,
-                                                       config.adjoined.threshold))
+    small = wide.clone(widths=_an_widths(config, wide))
     return Supervised(small, task, steps), small
   raise ValueError(f'stages: {stage!r} has no method here; choose from {config_lib.STAGES}')
 

@@ -531,23 +531,19 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
     for stage in set(adjoined_stages) - {'small_scratch'}:
       _require(config[stage].epoch_steps >= 0,
                f'{stage}.epoch_steps={config[stage].epoch_steps} must be >= 0 (0: one pass)')
-    try:
-      if {'adjoined', 'small_scratch', 'dan_adjoined'} & set(stages):
-        _require(isinstance(config.adjoined.cf, int) and config.adjoined.cf >= 1,
-                 f'adjoined.cf={config.adjoined.cf!r} must be an integer >= 1')
+    if {'adjoined', 'small_scratch', 'dan_adjoined'} & set(stages):
+      try:
         adjoined.adjoined_widths(wide, config.adjoined.cf, config.adjoined.threshold)
-      if 'dan' in stages:
-        _require(0 < config.dan.tau_end <= config.dan.tau_start,
-                 f'dan.tau_start={config.dan.tau_start}, dan.tau_end={config.dan.tau_end}: '
-                 'need 0 < tau_end <= tau_start')
-        _require(config.dan.gamma >= 0, f'dan.gamma={config.dan.gamma} must be >= 0')
-        _require(bool(adjoined.adjoined_groups(wide, config.dan.threshold)),
-                 f'dan.threshold={config.dan.threshold}: no conv of the wide network has more '
-                 'input and output channels, so there is no width to search')
-    except ValueError as e:
-      if isinstance(e, ConfigError):
-        raise
-      raise ConfigError(f'adjoined.{e}') from None
+      except ValueError as e:  # names `cf=...`
+        raise ConfigError(f'adjoined.{e}') from None
+    if 'dan' in stages:
+      _require(0 < config.dan.tau_end <= config.dan.tau_start,
+               f'dan.tau_start={config.dan.tau_start}, dan.tau_end={config.dan.tau_end}: '
+               'need 0 < tau_end <= tau_start')
+      _require(config.dan.gamma >= 0, f'dan.gamma={config.dan.gamma} must be >= 0')
+      _require(bool(adjoined.adjoined_groups(wide, config.dan.threshold)),
+               f'dan.threshold={config.dan.threshold}: no conv of the wide network has more '
+               'input and output channels, so there is no width to search')
 
   if 'lit' in stages:
     lit_cfg = config.lit

@@ -44,7 +44,7 @@ def _stage_seed(seed: int, stage: str) -> int:
   return int(np.random.SeedSequence([seed, *stage.encode()]).generate_state(1)[0] % (2**31))
 
 
-# The networks the downstream stage fine-tunes (GWTN's, the wide one and the two controls).
+# The networks the downstream stage fine-tunes (the wide one, the two controls, GWTN's, LIT's).
 DOWNSTREAM_OF = ('wide', 'thin_scratch', 'thin_kd', 'finetune', 'lit_finetune')
 
 

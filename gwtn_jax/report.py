@@ -78,8 +78,7 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
     if stage not in results:
       continue
     runs = results[stage]
-    # The network the stage produced (AN: the extracted small network), else the config's.
-    model = runs[0].model or exp.network('wide' if stage == 'wide' else 'thin')
+    model = runs[0].model  # the network the stage produced (AN: the extracted small one)
     if repr(model) not in flops_cache:
       flops_cache[repr(model)] = forward_flops(model, exp.task)
     down = results.get(f'downstream/{key}', [])

@@ -25,6 +25,35 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tiny_config as tiny_config_file  # pylint: disable=g-import-not-at-top
 
 
+def one_train_step(method, variables, tx, batch, teacher=None, step=0):
+  """One real step of the loop (`loop._train_step`, jitted) of `method`'s first phase.
+
+  Args:
+    method: the method.
+    variables: its (unboxed) variables; every collection but `params` is its model state.
+    tx: the optimizer.
+    batch: the batch.
+    teacher: the teacher's variables, if the method has one.
+    step: the state's step counter.
+
+  Returns:
+    (the state before, the state after, the step's metrics).
+  """
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  params = variables['params']
+  state = state_lib.TrainState(
+      step=jnp.asarray(step, jnp.int32), params=params,
+      model_state={k: v for k, v in variables.items() if k != 'params'},
+      opt_state=tx.init(params))
+  train_step = jax.jit(functools.partial(loop._train_step, method=method,  # pylint: disable=protected-access
+                                         phase=method.phases()[0], tx=tx, rng=jax.random.key(0)))
+  new, metrics = train_step(state, batch, teacher)
+  return state, new, metrics
+
+
 def take(iterator, n):
   """The first n items of an iterator, as a list."""
   return list(itertools.islice(iterator, n))

@@ -14,12 +14,11 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import one_train_step
 from gwtn_jax import models
 from gwtn_jax.methods import adjoined
 from gwtn_jax.methods import tasks
 from gwtn_jax.models import resnet
-from gwtn_jax.train import loop
-from gwtn_jax.train import state as state_lib
 
 SHAPE = (8, 8, 3)
 TASK = tasks.ImageClassification(SHAPE)
@@ -322,14 +321,9 @@ def test_one_jitted_train_step(kind):
   else:
     method = adjoined.Dan(model, TASK, 8, 2)
   variables = method_variables(method)
-  model_state = {k: v for k, v in variables.items() if k != 'params'}
-  model_state['adjoined'] = {'step': jnp.int32(4)}  # epoch 2 of 4: lambda = 1
-  tx = optax.sgd(0.1)
-  state = state_lib.TrainState(step=jnp.int32(4), params=variables['params'],
-                               model_state=model_state, opt_state=tx.init(variables['params']))
-  step = jax.jit(functools.partial(loop._train_step, method=method, phase=method.phases()[0],  # pylint: disable=protected-access
-                                   tx=tx, rng=jax.random.key(0)))
-  new, metrics = step(state, batch(4), None)
+  variables = dict(variables, adjoined={'step': jnp.int32(4)})  # epoch 2 of 4: lambda = 1
+  state, new, metrics = one_train_step(method, variables, optax.sgd(0.1), batch(4), step=4)
+  model_state = state.model_state
   assert np.isfinite(float(metrics['loss'])) and float(metrics['lambda']) == 1.0
   assert {'task_loss', 'kl', 'accuracy', 'small_accuracy'} <= set(metrics)
   assert int(new.model_state['adjoined']['step']) == 5

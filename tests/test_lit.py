@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import one_train_step
 from conftest import tiny_config
 from gwtn_jax import config_lib
 from gwtn_jax import models
@@ -17,8 +18,6 @@ from gwtn_jax import pipeline
 from gwtn_jax.methods import base
 from gwtn_jax.methods import lit
 from gwtn_jax.methods import tasks
-from gwtn_jax.train import loop
-from gwtn_jax.train import state as state_lib
 
 TASK = tasks.ImageClassification((8, 8, 1))
 
@@ -59,12 +58,7 @@ def test_stem_and_head_are_the_teachers_and_do_not_move():
   for name in method.frozen:
     jax.tree.map(np.testing.assert_array_equal, variables['params'][name], teacher['params'][name])
   tx = optax.sgd(0.5, momentum=0.9)
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                               model_state={'batch_stats': variables['batch_stats']},
-                               opt_state=tx.init(variables['params']))
-  step = jax.jit(functools.partial(loop._train_step, method=method, phase=method.phases()[0],  # pylint: disable=protected-access
-                                   tx=tx, rng=jax.random.key(0)))
-  new, metrics = step(state, batch, teacher)
+  state, new, metrics = one_train_step(method, variables, tx, batch, teacher)
   assert np.isfinite(float(metrics['loss']))
   for name in state.params:
     moved = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[name]),
@@ -125,11 +119,7 @@ def test_bert_lit_one_real_step():
   method = lit.Lit(student, teacher_model, task, steps=1, config=_lit_config())
   variables = nn.meta.unbox(method.init(jax.random.key(0), batch, teacher))
   tx = optax.adam(1e-2)
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                               model_state={}, opt_state=tx.init(variables['params']))
-  new, metrics = jax.jit(functools.partial(loop._train_step, method=method,  # pylint: disable=protected-access
-                                           phase=method.phases()[0], tx=tx,
-                                           rng=jax.random.key(0)))(state, batch, teacher)
+  state, new, metrics = one_train_step(method, variables, tx, batch, teacher)
   assert np.isfinite(float(metrics['loss'])) and float(metrics['ir']) > 0
   jax.tree.map(np.testing.assert_array_equal, new.params['embedder'], teacher['params']['embedder'])
   assert not np.array_equal(new.params['encoder_layer_1']['mlp']['wi']['kernel'],

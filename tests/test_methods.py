@@ -9,13 +9,12 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import one_train_step
 from gwtn_jax import models
 from gwtn_jax.methods import base
 from gwtn_jax.methods import tasks
 from gwtn_jax.methods.distill import Distill
 from gwtn_jax.methods.supervised import Supervised
-from gwtn_jax.train import loop
-from gwtn_jax.train import state as state_lib
 
 
 def test_kd_loss_is_zero_for_equal_logits_and_scales_with_t_squared():
@@ -57,12 +56,7 @@ def test_probe_trains_only_the_head_and_keeps_statistics():
   method = Supervised(model, TASK, steps=1, trainable_modules=('head',))
   variables = nn.meta.unbox(method.init(jax.random.key(0), batch))
   tx = optax.chain(optax.add_decayed_weights(0.1), optax.sgd(0.1, momentum=0.9))
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                               model_state={'batch_stats': variables['batch_stats']},
-                               opt_state=tx.init(variables['params']))
-  step = jax.jit(functools.partial(loop._train_step, method=method, phase=method.phases()[0],  # pylint: disable=protected-access
-                                   tx=tx, rng=jax.random.key(0)))
-  new, _ = step(state, batch, None)
+  state, new, _ = one_train_step(method, variables, tx, batch)
   for name in state.params:
     same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params[name]),
                                                     jax.tree.leaves(new.params[name])))

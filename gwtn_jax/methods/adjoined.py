@@ -37,7 +37,8 @@ with p = softmax(logits) (a group without logits: its width). Convs only: the he
 and pooling are left out. Dividing by the same count at full widths makes gamma scale-free.
 tau decays exponentially from tau0 to tau_min over the stage; tau0 = 5, tau_min = 0.5 and
 gamma = 1 are our choices (DESIGN.md gives none). The read-out takes each group's argmax
-(`dan_widths`); AN then retrains those widths. `export` gives the read-out network extracted.
+(`dan_widths`) and is the stage's `summary`; AN then retrains those widths. `export` gives the
+big network alone (a plain ResNet).
 The optimizer is the loop's: its weight decay, if any, applies to the logits too.
 
 **Step counter.** The loop does not pass the step to a loss, and lambda and tau need it, so it

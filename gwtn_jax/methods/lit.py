@@ -158,7 +158,7 @@ class Lit(base.Method):
     task_loss, metrics = self.task.loss(logits, batch)
     kd = self.task.kd(logits, logits_t, batch, self.temperature)
     kd_total = (1.0 - self.alpha) * task_loss + self.alpha * kd
-    ir = base.masked_mean(ir, None)
+    ir = jnp.mean(ir)
     loss = (self.beta * kd_total + (1.0 - self.beta) * ir) / 2.0
     metrics = dict(metrics, task_loss=task_loss, kd=kd, ir=ir,
                    **{k: jnp.mean(v) for k, v in parts.items()})

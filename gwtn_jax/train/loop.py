@@ -86,7 +86,7 @@ class StageResult:
   steps: int
   wall_s: float
   curve_metric: str
-  model: Any = None              # the produced network (for its FLOPs in the report)
+  model: nn.Module               # the produced network (for its FLOPs in the report)
   summary: Any = None            # what the method says of its result (JSON), e.g. DAN's widths
 
 
