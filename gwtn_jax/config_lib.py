@@ -14,6 +14,9 @@ from typing import Any
 
 import ml_collections
 
+from gwtn_jax import storage
+from gwtn_jax.train import layout
+
 # The stages a pipeline can run, in the only order that makes sense: the wide network first
 # (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning;
 # for a BERT, last, the downstream fine-tuning of every network the others produced.
@@ -389,20 +392,25 @@ def _check_optimizer(opt, field: str) -> None:
 def check_workdir(workdir: str) -> None:
   """The workdir must be creatable and writable: tried for real, with a probe file.
 
-  gs:// and other remote paths are left to the writers (each has its own credentials).
+  The same for a local folder and a gs:// one (a bucket that does not exist, an object where
+  the folder should be, an endpoint that does not answer: one line each, within seconds).
   """
-  if '://' in workdir:
-    return
-  # One probe per process: the processes of a multi-host run share the workdir.
-  probe = os.path.join(workdir, f'.gwtn_write_probe.{os.getpid()}.{os.uname().nodename}')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir} is not a writable folder ({e.strerror}); '
-                      'choose a folder you can write to') from None
+    storage.check_writable_folder(workdir, '--workdir')
+  except storage.StorageError as e:
+    raise ConfigError(str(e)) from None
+
+
+def check_teacher_dir(teacher_dir: str) -> None:
+  """`teacher_dir` must hold a finished stage: its result.json and a complete final/."""
+  try:
+    reason = storage.with_deadline(f'teacher_dir={teacher_dir}',
+                                   lambda: layout.unfinished_reason(teacher_dir))
+  except storage.StorageError as e:
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    reason = f'cannot be read ({type(e).__name__}: {" ".join(str(e).split())[:200]})'
+  _require(reason is None, f'teacher_dir={teacher_dir}: {reason}')
 
 
 def validate(config, workdir: str | None, data: bool = True) -> None:
@@ -440,8 +448,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
              'teacher_dir is empty but stages has no \'wide\'; give the stage folder of a trained '
              'wide network (WORKDIR/stages/wide) or add \'wide\' to stages')
   if 'wide' not in stages and config.teacher_dir:
-    _require(os.path.isdir(os.path.join(config.teacher_dir, 'checkpoints')),
-             f'teacher_dir={config.teacher_dir}: no checkpoints/ folder of a finished wide stage there')
+    check_teacher_dir(config.teacher_dir)
 
   seeds = tuple(config.seeds)
   _require(len(seeds) > 0 and all(isinstance(s, int) for s in seeds),
@@ -654,11 +661,10 @@ def check_workdir_config(config, workdir: str) -> None:
     ConfigError: one line naming the fields that differ.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
   import json  # pylint: disable=g-import-not-at-top
-  with open(path) as f:
-    old = json.load(f)
+  old = json.loads(storage.read_text(path))
   new = json.loads(config.to_json_best_effort())
   fields = changed_fields(old, new)
   if fields:

@@ -22,6 +22,7 @@ import numpy as np
 from gwtn_jax import builders
 from gwtn_jax import config_lib
 from gwtn_jax import report as report_lib
+from gwtn_jax import storage
 from gwtn_jax.train import loop
 from gwtn_jax.train import preemption as preemption_lib
 
@@ -62,22 +63,23 @@ def _spec(config, stage: str, name: str, method, model, task, init_seed: int, da
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    path = os.path.join(workdir, config_lib.CONFIG_FILE)
-    with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-    os.replace(path + '.tmp', path)
+    storage.write_text(os.path.join(workdir, config_lib.CONFIG_FILE),
+                       config.to_json_best_effort(indent=1, sort_keys=True))
 
 
 def set_aside(workdir: str) -> str | None:
-  """Moves a previous run's files into `workdir/previous-<time>/` (nothing is deleted)."""
-  names = [n for n in os.listdir(workdir) if not n.startswith('previous-')] if os.path.isdir(
-      workdir) else []
+  """Moves a previous run's files into `workdir/previous-<time>/` (nothing is deleted).
+
+  A rename locally; on Cloud Storage each entry is copied, checked and only then deleted
+  (`storage.move`), so a move stopped half way loses nothing.
+  """
+  names = [n for n in storage.listdir(workdir) if not n.startswith(('previous-', '.gwtn_'))]
   if not names or jax.process_index() != 0:
     return None
   target = os.path.join(workdir, time.strftime('previous-%Y%m%d-%H%M%S', time.gmtime()))
-  os.makedirs(target)
+  storage.makedirs(target)
   for name in names:
-    os.replace(os.path.join(workdir, name), os.path.join(target, name))
+    storage.move(os.path.join(workdir, name), os.path.join(target, name))
   return target
 
 

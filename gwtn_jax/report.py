@@ -14,6 +14,7 @@ task's name, classes, sizes and chance accuracy.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gwtn_jax import config_lib
+from gwtn_jax import storage
 
 # The report's entry that describes the downstream task (every other entry is a network).
 DOWNSTREAM_TASK = 'downstream_task'
@@ -174,7 +176,7 @@ def _markdown(report: dict[str, Any], config) -> str:
   return '\n'.join(lines)
 
 
-def _plot(path: str, results, config) -> None:
+def _plot(results, config) -> bytes:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -235,14 +237,14 @@ def _plot(path: str, results, config) -> None:
   fig.suptitle(f'GWTN: {config.model.name}, thin {config.thin_width} / wide {config.wide_width}, '
                f'{config.data.name}')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
   plt.close(fig)
+  return buffer.getvalue()
 
 
 def write_report(workdir: str, report: dict[str, Any], results, config) -> None:
   """Writes report.json, report.md and curves.png into the workdir (process 0 only)."""
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=1)
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(_markdown(report, config))
-  _plot(os.path.join(workdir, 'curves.png'), results, config)
+  storage.write_text(os.path.join(workdir, 'report.json'), json.dumps(report, indent=1))
+  storage.write_text(os.path.join(workdir, 'report.md'), _markdown(report, config))
+  storage.write_bytes(os.path.join(workdir, 'curves.png'), _plot(results, config))

@@ -50,8 +50,13 @@ a POSIX file system), the .docs.npy of a pair last, so a reader sees either noth
 or a complete file, and processes racing on a shared `data.cache_dir` each write the
 same bytes and the last rename wins. Racing processes all tokenize, though: on a pod,
 run `prepare_text_cache` once ahead of time (`python -m gwtn_jax.data.text
---config=CONFIG`, on one machine with `data.cache_dir` on storage every host mounts
-as a file system, e.g. NFS / Filestore / gcsfuse), or copy the cache to each host.
+--config=CONFIG`, on one machine), with `data.cache_dir` in a bucket (gs://...) or on
+storage every host mounts as a file system (NFS, Filestore).
+
+A `data.cache_dir` in a bucket is mirrored on each host under ~/.cache/gwtn_jax/mirror/:
+a file missing there is downloaded from the bucket, a file made there is uploaded (an
+object is seen whole or not at all; the .docs.npy of a pair last), and the local copy is
+what is memory-mapped. A `data.vocab_file` in a bucket is downloaded the same way.
 
 Masking (per sequence, a hash of (seed, global position) alone, vectorized): exactly
 max(1, round(mask_rate * n)) of the n non-special positions (not [CLS]/[SEP]/[PAD])
@@ -85,6 +90,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from gwtn_jax import storage
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import corpus as corpus_lib
 from gwtn_jax.data import sampling
@@ -92,6 +98,8 @@ from gwtn_jax.data import sampling
 NAMES = ('shakespeare', 'tfds')
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'text')
+# Where a remote `data.cache_dir` is mirrored on each host (the files it memory-maps).
+MIRROR_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'mirror')
 EVAL_SEED = 0  # The fixed masking seed of eval batches.
 MIN_VOCAB_SIZE = 128
 
@@ -132,13 +140,53 @@ class _Options:
   vocab_size: int
   vocab_file: str
   vocab_train_examples: int
-  cache_dir: str
+  cache: _Cache
   seq_len: int
   mask_rate: float
   num_train_examples: int
   num_eval_examples: int
   read_threads: int
   prefetch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cache:
+  """The cache folder: a local one, or a local mirror of a remote one (`data.cache_dir` on
+  gs://).
+
+  With a remote cache, a file missing here is downloaded from it when it is there, and a file
+  made here is uploaded to it (one object, seen whole), so the hosts of a pod share one cache
+  in the bucket while each memory-maps its own local copy.
+  """
+  local: str
+  remote: str = ''
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.local, *parts)
+
+  def _remote_of(self, path: str) -> str:
+    return os.path.join(self.remote, os.path.relpath(path, self.local))
+
+  def has(self, path: str) -> bool:
+    """Whether cache file `path` is here, after fetching it from the remote cache."""
+    if os.path.isfile(path):
+      return True
+    if not self.remote or not storage.exists(self._remote_of(path)):
+      return False
+    logging.info('Fetching %s from %s', path, self._remote_of(path))
+    storage.download(self._remote_of(path), path)
+    return True
+
+  def publish(self, *paths: str) -> None:
+    """Uploads cache files made here to the remote cache, in the order given."""
+    for path in paths if self.remote else ():
+      storage.upload(path, self._remote_of(path))
+
+
+def _cache(cache_dir: str) -> _Cache:
+  if storage.is_remote(cache_dir):
+    return _Cache(storage.local_mirror(cache_dir, MIRROR_DIR), cache_dir)
+  return _Cache(cache_dir)
 
 
 def _get(config, field: str, default):
@@ -170,7 +218,7 @@ def _parse(config) -> _Options:
       vocab_size=int(_get(config, 'vocab_size', 8000)),
       vocab_file=str(_get(config, 'vocab_file', '')),
       vocab_train_examples=int(_get(config, 'vocab_train_examples', 1_000_000)),
-      cache_dir=os.path.expanduser(str(_get(config, 'cache_dir', '')) or DEFAULT_CACHE_DIR),
+      cache=_cache(storage.resolve(str(_get(config, 'cache_dir', '')) or DEFAULT_CACHE_DIR)),
       seq_len=int(_get(config, 'seq_len', 128)),
       mask_rate=float(_get(config, 'mask_rate', 0.15)),
       num_train_examples=int(_get(config, 'num_train_examples', 0)),
@@ -189,7 +237,7 @@ def _parse(config) -> _Options:
   if not opts.vocab_file and opts.vocab_size < MIN_VOCAB_SIZE:
     raise ValueError(f'data.vocab_size={opts.vocab_size} must be >= {MIN_VOCAB_SIZE} '
                      '(or set data.vocab_file)')
-  if opts.vocab_file and not os.path.isfile(opts.vocab_file):
+  if opts.vocab_file and not storage.isfile(opts.vocab_file):
     raise ValueError(f'data.vocab_file={opts.vocab_file!r} is not a file; give a BERT '
                      "vocab.txt or '' to train one")
   if name == 'tfds' and not opts.tfds_name:
@@ -411,23 +459,23 @@ def _passages_hash(passages: Sequence[corpus_lib.Passage]) -> str:
 
 
 def cached_vocab(passages: Sequence[corpus_lib.Passage], vocab_size: int,
-                 cache_dir: str) -> str:
-  """cache_dir/wordpiece-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
-  out_dir = os.path.join(cache_dir,
-                         f'wordpiece-{vocab_size}-{_passages_hash(passages)}')
+                 cache: _Cache) -> str:
+  """cache/wordpiece-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
+  out_dir = cache.path(f'wordpiece-{vocab_size}-{_passages_hash(passages)}')
   path = os.path.join(out_dir, 'vocab.txt')
-  if not os.path.isfile(path):
+  if not cache.has(path):
     train_wordpiece([p.text for p in passages], vocab_size, out_dir)
+    cache.publish(path)
   return path
 
 
 def tokenize_passages(tokenizer, passages: Sequence[corpus_lib.Passage],
-                      cache_path: str | None = None):
+                      cache_path: str | None = None, cache: _Cache | None = None):
   """(ids int32 [N], offsets int64 [P + 1]): passage i's tokens are ids[o[i]:o[i+1]].
 
-  Cached in `cache_path` (.npz) when given.
+  Cached in `cache_path` (.npz, in `cache`) when given.
   """
-  if cache_path and os.path.isfile(cache_path):
+  if cache_path and (cache.has(cache_path) if cache else os.path.isfile(cache_path)):
     with np.load(cache_path) as z:
       return z['ids'], z['offsets']
   ids, offsets = _encode(tokenizer, [p.text for p in passages])
@@ -436,6 +484,8 @@ def tokenize_passages(tokenizer, passages: Sequence[corpus_lib.Passage],
     tmp = _tmp_name(cache_path) + '.npz'
     np.savez(tmp, ids=ids, offsets=offsets)
     os.replace(tmp, cache_path)
+    if cache:
+      cache.publish(cache_path)
   return ids, offsets
 
 
@@ -575,14 +625,15 @@ def _tfds_vocab(opts: _Options, builder) -> str:
   """cache_dir/wordpiece-<size>-<key>/vocab.txt, trained if absent on the first
   `vocab_train_examples` examples of the train split, streamed."""
   key = _tfds_key(opts, builder, opts.train_split, str(opts.vocab_train_examples))
-  out_dir = os.path.join(opts.cache_dir, f'wordpiece-{opts.vocab_size}-{key}')
+  out_dir = opts.cache.path(f'wordpiece-{opts.vocab_size}-{key}')
   path = os.path.join(out_dir, 'vocab.txt')
-  if not os.path.isfile(path):
+  if not opts.cache.has(path):
     logging.info('Training a %d-entry WordPiece vocabulary on %s %s into %s',
                  opts.vocab_size, opts.tfds_name, opts.train_split, path)
     train_wordpiece(_tfds_text_chunks(opts, builder, opts.train_split,
                                       limit=opts.vocab_train_examples),
                     opts.vocab_size, out_dir)
+    opts.cache.publish(path)
   return path
 
 
@@ -593,7 +644,7 @@ def _tfds_packed_paths(opts: _Options, builder, split: str,
                   str(_CACHE_VERSION))
   # A readable prefix; the key alone tells caches apart.
   name = re.sub(r'[^A-Za-z0-9.-]+', '_', f'{opts.tfds_name}-{split}').strip('_')
-  base = os.path.join(opts.cache_dir, 'packed', f'{name}-T{opts.seq_len}-{key}')
+  base = opts.cache.path('packed', f'{name}-T{opts.seq_len}-{key}')
   return f'{base}.seqs.npy', f'{base}.docs.npy'
 
 
@@ -764,10 +815,14 @@ def _prepare(opts: _Options) -> _Prepared:
   (and cached) now."""
   if opts.name == 'shakespeare':
     train_p, eval_p = corpus_lib.shakespeare_split(opts.plays)
-    vocab_file = opts.vocab_file or cached_vocab(train_p, opts.vocab_size, opts.cache_dir)
+    vocab_file = opts.vocab_file or cached_vocab(train_p, opts.vocab_size, opts.cache)
   else:
     builder = tfds_builder(opts)
     vocab_file = opts.vocab_file or _tfds_vocab(opts, builder)
+  if storage.is_remote(vocab_file):
+    local = storage.local_mirror(vocab_file, MIRROR_DIR)
+    storage.download(vocab_file, local)
+    vocab_file = local
   tokenizer = load_wordpiece(vocab_file)
   with open(vocab_file, 'rb') as f:
     vocab_hash = _sha(f.read())
@@ -778,10 +833,9 @@ def _prepare(opts: _Options) -> _Prepared:
   if opts.name == 'shakespeare':
     documents = []
     for split, passages in (('train', train_p), ('eval', eval_p)):
-      cache = os.path.join(
-          opts.cache_dir, 'tokens',
-          f'{split}-v{_CACHE_VERSION}-{vocab_hash}-{_passages_hash(passages)}.npz')
-      ids, offsets = tokenize_passages(tokenizer, passages, cache)
+      cache = opts.cache.path(
+          'tokens', f'{split}-v{_CACHE_VERSION}-{vocab_hash}-{_passages_hash(passages)}.npz')
+      ids, offsets = tokenize_passages(tokenizer, passages, cache, opts.cache)
       paths[f'{split}_tokens'] = cache
       names = list(dict.fromkeys(p.play for p in passages))
       first = len(documents)
@@ -795,10 +849,11 @@ def _prepare(opts: _Options) -> _Prepared:
     for split, tfds_split in (('train', opts.train_split), ('eval', opts.eval_split)):
       seqs_path, docs_path = _tfds_packed_paths(opts, builder, tfds_split, vocab_hash)
       # The .docs.npy is renamed into place last: it marks a complete pair.
-      if not os.path.isfile(docs_path):
+      if not (opts.cache.has(docs_path) and opts.cache.has(seqs_path)):
         logging.info('Packing %s %s into %s', opts.tfds_name, tfds_split, seqs_path)
         write_packed(_tfds_text_chunks(opts, builder, tfds_split), tokenizer, seqs_path,
                      docs_path, **special)
+        opts.cache.publish(seqs_path, docs_path)
       paths[f'{split}_sequences'], paths[f'{split}_documents'] = seqs_path, docs_path
       seqs = np.load(seqs_path, mmap_mode='r')
       seq_docs = np.load(docs_path, mmap_mode='r')

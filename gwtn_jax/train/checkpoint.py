@@ -1,10 +1,13 @@
 """Orbax checkpoints of a stage: its train state (sharded) and a small JSON of run metadata.
 
-One manager per stage folder, `STAGE_DIR/checkpoints/<step>/{state,meta}`. Orbax writes a step
-to a temporary folder and renames it when complete, so an interrupted save never becomes the
-latest step. A latest step whose files are truncated or corrupt is reported in one warning line
-and set aside (renamed `corrupt-<step>-<time>`, never deleted), and the previous good step is
-restored. A write that fails (disk full, permission) raises `CheckpointError` and leaves the
+One manager per stage folder, `STAGE_DIR/checkpoints/<step>/{state,meta}`, local or on Cloud
+Storage (orbax is given the path as it is). Locally orbax writes a step to a temporary folder
+and renames it when complete; on Cloud Storage, which has no rename, it writes the step in
+place and marks it complete with a commit file (`commit_success.txt`) written last, and a step
+without one is not a step. Either way an interrupted save never becomes the latest step. A
+latest step whose files are truncated or corrupt is reported in one warning line and set aside
+(moved to `corrupt-<step>-<time>` through `storage.move`, never deleted), and the previous good
+step is restored. A write that fails (disk full, permission) raises `CheckpointError` and leaves the
 earlier steps as they were. Every process takes part in a save and a restore; arrays are written
 and read in their shardings, so a restore can go straight into another mesh's shardings.
 """
@@ -18,6 +21,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from gwtn_jax import storage
+from gwtn_jax.train import layout
 
 
 class CheckpointError(RuntimeError):
@@ -46,7 +52,7 @@ class StageCheckpoints:
     self.directory = directory
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+    self._manager = ocp.CheckpointManager(storage.resolve(directory), options=options,
                                           item_names=('state', 'meta'))
 
   def latest_step(self) -> int | None:
@@ -83,8 +89,8 @@ class StageCheckpoints:
   def _set_aside(self, step: int) -> str:
     source = os.path.join(self.directory, str(step))
     target = os.path.join(self.directory, f'corrupt-{step}-{int(time.time())}')
-    if jax.process_index() == 0 and os.path.exists(source):
-      os.replace(source, target)
+    if jax.process_index() == 0 and storage.exists(source):
+      storage.move(source, target)
     self._manager.reload()
     return target
 
@@ -103,10 +109,19 @@ class StageCheckpoints:
 
 
 def save_final(directory: str, variables: Any) -> None:
-  """Saves a finished stage's network once; an existing one is never overwritten."""
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory):
+  """Saves a finished stage's network once; a complete one is never overwritten.
+
+  On Cloud Storage a save that a kill interrupted leaves a folder without its commit marker;
+  it is moved aside (`torn-<time>`, not deleted) and the save made again.
+  """
+  directory = storage.resolve(directory)
+  if layout.is_complete(directory):
     return
+  if storage.exists(directory):
+    aside = f'{directory}-torn-{int(time.time())}'
+    warn(f'{directory} was not written to the end; moved it to {aside} and saving it again')
+    if jax.process_index() == 0:
+      storage.move(directory, aside)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(directory, variables)
@@ -117,7 +132,7 @@ def save_final(directory: str, variables: Any) -> None:
 
 def restore_final(directory: str, target: Any) -> Any:
   """Restores a finished stage's network into the shardings of `target`."""
-  directory = os.path.abspath(directory)
+  directory = storage.resolve(directory)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(directory, target)

@@ -26,16 +26,18 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from gwtn_jax import storage
 from gwtn_jax.methods import base
 from gwtn_jax.methods import tasks as tasks_lib
 from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import checkpoint as checkpoint_lib
+from gwtn_jax.train import layout
 from gwtn_jax.train import metrics as metrics_lib
 from gwtn_jax.train import optim
 from gwtn_jax.train import preemption as preemption_lib
 from gwtn_jax.train import state as state_lib
 
-RESULT_FILE = 'result.json'
+RESULT_FILE = layout.RESULT_FILE
 NONFINITE_POLICIES = ('stop', 'skip')
 
 
@@ -158,24 +160,19 @@ def load_stage_output(stage_dir: str, model: nn.Module, task: tasks_lib.Task, me
                       rules):
   """Restores a finished stage's network straight into this mesh's shardings."""
   target = model_abstract_variables(model, task, mesh, rules)
-  return checkpoint_lib.restore_final(os.path.join(stage_dir, 'final'), target)
+  return checkpoint_lib.restore_final(os.path.join(stage_dir, layout.FINAL_DIR), target)
 
 
 def read_result(stage_dir: str) -> dict[str, Any] | None:
   path = os.path.join(stage_dir, RESULT_FILE)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))
 
 
 def _write_json(path: str, payload: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    storage.write_text(path, json.dumps(payload, indent=1))
 
 
 def _mean_metrics(pending: list[dict[str, float]]) -> dict[str, float]:
@@ -284,8 +281,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
   abstract, shardings = state_lib.abstract_state(method, tx, rng, sample, init, mesh, rules)
   teacher_shardings = None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher)
 
-  os.makedirs(stage_dir, exist_ok=True)
-  checkpoints = checkpoint_lib.StageCheckpoints(os.path.join(stage_dir, 'checkpoints'),
+  storage.makedirs(stage_dir)
+  checkpoints = checkpoint_lib.StageCheckpoints(os.path.join(stage_dir, layout.CHECKPOINTS_DIR),
                                                 keep=spec.keep_checkpoints)
   history: list[dict[str, Any]] = []
   wall_before, skipped = 0.0, 0
@@ -357,7 +354,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     checkpoints.wait()
     summary = method.summary(_variables(state))
     variables = method.export(_variables(state), teacher)
-    checkpoint_lib.save_final(os.path.join(stage_dir, 'final'), variables)
+    checkpoint_lib.save_final(os.path.join(stage_dir, layout.FINAL_DIR), variables)
     wall_s = wall()
     _write_json(os.path.join(stage_dir, RESULT_FILE), {
         'name': spec.name, 'steps': total_steps, 'wall_s': wall_s, 'metrics': last_metrics,

@@ -1,0 +1,44 @@
+"""What a stage folder holds, and how to tell a finished one, without importing JAX.
+
+  STAGE_DIR/checkpoints/<step>/   orbax: the train state and the run metadata
+  STAGE_DIR/final/                orbax: the variables of the network the stage produced
+  STAGE_DIR/result.json           written last: the stage is finished
+
+The same on a local disk and on Cloud Storage (`gwtn_jax.storage`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from gwtn_jax import storage
+
+RESULT_FILE = 'result.json'
+FINAL_DIR = 'final'
+CHECKPOINTS_DIR = 'checkpoints'
+# Orbax's marker of a complete save on Cloud Storage, written last (orbax's own name for it).
+COMMIT_FILE = 'commit_success.txt'
+
+
+def is_complete(directory: str) -> bool:
+  """Whether an orbax checkpoint folder was written to the end.
+
+  Locally orbax renames a finished save into place, so the folder is its own marker; on Cloud
+  Storage the commit file is.
+  """
+  directory = storage.resolve(directory)
+  if not storage.is_remote(directory):
+    return storage.isdir(directory)
+  return storage.exists(os.path.join(directory, COMMIT_FILE))
+
+
+def unfinished_reason(stage_dir: str) -> str | None:
+  """Why `stage_dir` is not the folder of a finished stage, or None if it is."""
+  if not storage.isdir(stage_dir):
+    return 'no such folder'
+  if not storage.exists(os.path.join(stage_dir, RESULT_FILE)):
+    return (f'no {RESULT_FILE} there, so no stage finished in it (give the stage folder '
+            'itself, e.g. WORKDIR/stages/wide, once its run is done)')
+  if not is_complete(os.path.join(stage_dir, FINAL_DIR)):
+    return f'its {FINAL_DIR}/ network was not written to the end'
+  return None
