@@ -8,6 +8,7 @@ names the field.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -231,6 +232,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_every = 500
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
+  # The longest a step may wait for a checkpoint write to finish (orbax saves in the
+  # background; a save waits for the one before). Past it, or as soon as a remote store stops
+  # answering, the run stops with one line and the earlier checkpoints stay as they were.
+  # Raise it for very large models on a slow store.
+  config.checkpoint_timeout_s = 600.0
   # A NaN or Inf in the loss or gradients: 'stop' the run (one line naming the stage, step and
   # quantity; nothing non-finite is saved) or 'skip' the step (counted and reported).
   config.on_nonfinite = 'stop'
@@ -354,7 +360,7 @@ def stage_value(config, stage: str, field: str):
 # disk (a checkpoint restores into another mesh). Anything else would mix two experiments in one
 # workdir. Dotted names; a leading '*.' matches the field in every stage.
 RERUN_FIELDS = ('seeds', 'stages', 'log_every', 'eval_every', 'checkpoint_every',
-                'keep_checkpoints', 'on_nonfinite', '*.steps', 'imitate.steps_per_point',
+                'keep_checkpoints', 'checkpoint_timeout_s', 'on_nonfinite', '*.steps', 'imitate.steps_per_point',
                 '*.eval_every', '*.checkpoint_every', 'data.read_threads', 'data.prefetch',
                 'mesh.*')
 CONFIG_FILE = 'config.json'
@@ -404,6 +410,8 @@ def check_workdir(workdir: str) -> None:
 def check_teacher_dir(teacher_dir: str) -> None:
   """`teacher_dir` must hold a finished stage: its result.json and a complete final/."""
   try:
+    if storage.is_remote(teacher_dir):
+      storage.check_endpoint(f'teacher_dir={teacher_dir}')
     reason = storage.with_deadline(f'teacher_dir={teacher_dir}',
                                    lambda: layout.unfinished_reason(teacher_dir))
   except storage.StorageError as e:
@@ -507,6 +515,9 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   for field in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
     _check_positive_int(config[field], field)
 
+  timeout = config.checkpoint_timeout_s
+  _require(isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0,
+           f'checkpoint_timeout_s={timeout} must be a finite number of seconds > 0')
   _require(config.on_nonfinite in ('stop', 'skip'),
            f"on_nonfinite={config.on_nonfinite!r} must be 'stop' or 'skip'")
 

@@ -58,7 +58,8 @@ def _spec(config, stage: str, name: str, method, model, task, init_seed: int, da
       log_every=config.log_every,
       eval_every=config_lib.stage_value(config, stage, 'eval_every'),
       checkpoint_every=config_lib.stage_value(config, stage, 'checkpoint_every'),
-      keep_checkpoints=config.keep_checkpoints, on_nonfinite=config.on_nonfinite)
+      keep_checkpoints=config.keep_checkpoints,
+      checkpoint_timeout_s=config.checkpoint_timeout_s, on_nonfinite=config.on_nonfinite)
 
 
 def _write_config(config, workdir: str) -> None:

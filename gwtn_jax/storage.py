@@ -28,9 +28,13 @@ finds the same credentials by itself. A local Cloud Storage server is reached wi
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
@@ -41,8 +45,13 @@ from etils import epath
 REQUEST_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 # The start-up checks of a remote workdir or teacher give up after this long.
-CHECK_TIMEOUT_S = 30.0
+CHECK_TIMEOUT_S = 20.0
+# A long wait on a remote store checks this often that the store still answers.
+CHECK_EVERY_S = 10.0
+# Cloud Storage's endpoint, unless a local server stands in for it.
+GCS_ENDPOINT = 'https://storage.googleapis.com'
 
+_BUCKET_NAME = re.compile(r'[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]')
 _T = TypeVar('_T')
 _configured = False
 
@@ -67,6 +76,8 @@ def _configure_remote() -> None:
   global _configured
   if _configured:
     return
+  if importlib.util.find_spec('gcsfs') is None:
+    raise StorageError("gs:// paths need gcsfs: pip install -e '.[gcs]' (or '.[tpu]')")
   _configured = True
   import aiohttp  # pylint: disable=g-import-not-at-top
   import fsspec.config  # pylint: disable=g-import-not-at-top
@@ -206,10 +217,13 @@ def local_mirror(remote: str, root: str) -> str:
   return os.path.join(os.path.expanduser(root), scheme, rest)
 
 
-def with_deadline(what: str, fn: Callable[[], _T], timeout_s: float = CHECK_TIMEOUT_S) -> _T:
-  """`fn()`, or `StorageError` naming `what` if it has not answered in `timeout_s` seconds.
+def with_deadline(what: str, fn: Callable[[], _T], timeout_s: float = CHECK_TIMEOUT_S,
+                  store: str = '') -> _T:
+  """`fn()`, or `StorageError` naming `what` if it has not returned in `timeout_s` seconds.
 
   The call runs in a daemon thread, so a store that never answers cannot hold the process.
+  With `store` a remote path, its endpoint is checked every `CHECK_EVERY_S` while waiting, so
+  a store that went away stops the wait at once rather than at the deadline.
   """
   box: dict[str, object] = {}
 
@@ -222,7 +236,10 @@ def with_deadline(what: str, fn: Callable[[], _T], timeout_s: float = CHECK_TIME
   thread = threading.Thread(target=call, daemon=True, name=f'storage: {what}')
   started = time.time()
   thread.start()
-  thread.join(timeout_s)
+  while thread.is_alive() and time.time() - started < timeout_s:
+    thread.join(min(CHECK_EVERY_S, max(timeout_s - (time.time() - started), 0.0)))
+    if thread.is_alive() and is_remote(store):
+      check_endpoint(what)
   if thread.is_alive():
     raise StorageError(f'{what}: no answer from the store in {time.time() - started:.0f}s '
                        '(is the endpoint up, and STORAGE_EMULATOR_HOST right if you use one?)')
@@ -231,12 +248,41 @@ def with_deadline(what: str, fn: Callable[[], _T], timeout_s: float = CHECK_TIME
   return box['value']  # type: ignore[return-value]
 
 
+def gcs_endpoint() -> str:
+  """The Cloud Storage endpoint the clients use (`STORAGE_EMULATOR_HOST` if set, as gcsfs)."""
+  host = os.environ.get('STORAGE_EMULATOR_HOST', '')
+  if host in ('', 'default'):
+    return GCS_ENDPOINT
+  return host if host.startswith(('http://', 'https://')) else f'http://{host}'
+
+
+def check_endpoint(what: str) -> None:
+  """Cloud Storage's endpoint accepts a connection, within `CONNECT_TIMEOUT_S`.
+
+  gcsfs retries a refused connection for half a minute; this says so at once.
+  """
+  url = urllib.parse.urlsplit(gcs_endpoint())
+  port = url.port or (443 if url.scheme == 'https' else 80)
+  try:
+    socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+  except OSError as e:
+    reason = 'timed out' if isinstance(e, TimeoutError) else (e.strerror or _one_line(e))
+    raise StorageError(f'{what}: cannot connect to Cloud Storage at {url.hostname}:{port} '
+                       f'({reason}); check the network, or STORAGE_EMULATOR_HOST if you use '
+                       'a local server') from None
+
+
 def check_writable_folder(p: str, what: str = '--workdir') -> None:
   """`p` is (or can be made) a folder this process can write: tried for real, with a probe.
 
   Raises:
     StorageError: one line naming `what`, the path and why.
   """
+  if p.startswith('gs://'):
+    bucket = p[len('gs://'):].split('/', 1)[0]
+    if not _BUCKET_NAME.fullmatch(bucket):
+      raise StorageError(f'{what}={p}: {bucket!r} is not a Cloud Storage bucket name (3-63 '
+                         'lower-case letters, digits, dashes, underscores and dots)')
   # One probe per process: the processes of a multi-host run share the workdir.
   probe_name = f'.gwtn_write_probe.{os.getpid()}.{os.uname().nodename}'
 
@@ -250,6 +296,8 @@ def check_writable_folder(p: str, what: str = '--workdir') -> None:
     target.unlink()
 
   try:
+    if is_remote(p):
+      check_endpoint(f'{what}={p}')
     with_deadline(f'{what}={p}', probe)
   except StorageError:
     raise

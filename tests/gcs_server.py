@@ -13,20 +13,36 @@ are added here, around its own handlers:
   generation of what it read (without it: "Malformed StorageGeneration");
 - the `ifGenerationMatch` / `ifGenerationNotMatch` preconditions (412 / 304), with which
   TensorStore's OCDBT writes its manifest only over the version it read.
-The server is single-threaded, so a precondition check and the write it guards are atomic.
+Requests are served one at a time (one lock), so a precondition check and the write it
+guards are atomic.
+
+And one thing made faster: the emulator rewrites its whole object index (indented JSON) on
+every write, which makes a bucket of a few thousand objects (a few runs' checkpoints) slow to
+write to. Here the index is written at most every `INDEX_EVERY_S` seconds, and always when the
+server is stopped (SIGTERM, SIGINT), so a server started again on the same data has every
+object.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
+import os
+import signal
+import threading
+import time
 from http import HTTPStatus
 
 from gcp_storage_emulator import server as server_lib
+from gcp_storage_emulator import storage as storage_lib
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import buckets
 from gcp_storage_emulator.handlers import objects
+
+INDEX_EVERY_S = 0.5
+_LOCK = threading.RLock()  # one request at a time; the index is written under it too
 
 
 def _current_generation(storage, bucket: str, name: str) -> str:
@@ -104,6 +120,43 @@ def _patch_handlers() -> None:
         handlers[method] = wrapped[handler]
 
 
+def _serialize_requests() -> None:
+  handle = server_lib.Router.handle
+
+  @functools.wraps(handle)
+  def locked(self, *args, **kwargs):
+    with _LOCK:
+      return handle(self, *args, **kwargs)
+
+  server_lib.Router.handle = locked
+
+
+class _Index:
+  """The emulator's object index, written when it changed, at most every INDEX_EVERY_S."""
+
+  def __init__(self):
+    self.storage = None
+    self.dirty = False
+
+  def mark(self, storage) -> None:
+    self.storage, self.dirty = storage, True
+
+  def write(self) -> None:
+    with _LOCK:
+      if not self.dirty:
+        return
+      st = self.storage
+      data = {'buckets': st.buckets, 'objects': st.objects, 'resumable': st.resumable,
+              'bucket_iam_policies': st.bucket_iam_policies, 'soft_deleted': st.soft_deleted}
+      st._store.write_bytes('.meta', json.dumps(data).encode('utf-8'))  # pylint: disable=protected-access
+      self.dirty = False
+
+  def keep_writing(self) -> None:
+    while True:
+      time.sleep(INDEX_EVERY_S)
+      self.write()
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--port', type=int, required=True)
@@ -112,13 +165,26 @@ def main() -> None:
   args = parser.parse_args()
   logging.basicConfig(level=logging.CRITICAL)
   _patch_handlers()
+  _serialize_requests()
+  index = _Index()
+  storage_lib.Storage._write_config_to_file = lambda self: index.mark(self)  # pylint: disable=protected-access
   server = server_lib.create_server('127.0.0.1', args.port, in_memory=False,
                                     data_dir=args.data_dir)
+
+  def stop(signum, frame):
+    del signum, frame
+    index.write()
+    os._exit(0)  # pylint: disable=protected-access
+
+  signal.signal(signal.SIGTERM, stop)
+  signal.signal(signal.SIGINT, stop)
+  threading.Thread(target=index.keep_writing, daemon=True).start()
   for name in args.bucket:
     try:
       buckets.create_bucket(name, server._storage)  # pylint: disable=protected-access
     except Exception:  # pylint: disable=broad-except
       pass  # Already there (a restart on the same data).
+  index.write()
   print(f'listening on 127.0.0.1:{args.port}', flush=True)
   server.run()
 

@@ -22,19 +22,23 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(workdir, *extra, processes=2):
-  """Starts one `gwtn_jax.main` per process, each with one CPU device; returns (procs, logs)."""
+def launch(workdir, *extra, processes=2, config='tests/tiny_config.py', env=None, logs_at=None):
+  """Starts one `gwtn_jax.main` per process, each with one CPU device; returns (procs, logs).
+
+  The logs are `LOGS_AT.p<i>.log` (default: next to `workdir`, which must then be local).
+  """
   port = free_port()
   procs, logs = [], []
   for i in range(processes):
-    log = f'{workdir}.p{i}.log'
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    args = [sys.executable, '-m', 'gwtn_jax.main', '--config=tests/tiny_config.py',
+    log = f'{logs_at or workdir}.p{i}.log'
+    env_i = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
+    args = [sys.executable, '-m', 'gwtn_jax.main', f'--config={config}',
             f'--workdir={workdir}', '--config.mesh.num_devices=0',
             f'--coordinator_address=localhost:{port}', f'--num_processes={processes}',
             f'--process_id={i}', *extra]
     with open(log, 'a') as f:
-      procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT))
+      procs.append(subprocess.Popen(args, cwd=REPO, env=env_i, stdout=f,
+                                    stderr=subprocess.STDOUT))
     logs.append(log)
   return procs, logs
 

@@ -35,11 +35,11 @@ class Run:
   """A `python -m gwtn_jax.main` process on a tiny pipeline (Fashion-MNIST unless told), logging
   to a file."""
 
-  def __init__(self, workdir, *extra, config='tests/tiny_config.py:fmnist'):
+  def __init__(self, workdir, *extra, config='tests/tiny_config.py:fmnist', env=None, log=None):
     self.workdir = str(workdir)
-    self.log = self.workdir + '.log'
+    self.log = str(log or self.workdir + '.log')  # a local file, also for a gs:// workdir
     self._offset = os.path.getsize(self.log) if os.path.exists(self.log) else 0
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    env = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
     args = [sys.executable, '-m', 'gwtn_jax.main', f'--config={config}',
             f'--workdir={self.workdir}', *extra]
     with open(self.log, 'a') as f:

@@ -43,13 +43,20 @@ def warn(message: str) -> None:
 class StageCheckpoints:
   """Saves and restores one stage's state and metadata.
 
+  Every wait on orbax (a save waits for the previous one to finish) is bounded by
+  `timeout_s`, and on a remote store stops early when the store stops answering, so a store
+  that went away mid-run stops it with one line instead of orbax's retries holding it.
+
   Args:
     directory: the stage's `checkpoints` folder.
     keep: how many of the latest steps to keep.
+    timeout_s: the longest a save or a wait may block.
   """
 
-  def __init__(self, directory: str, keep: int = 2):
+  def __init__(self, directory: str, keep: int = 2, timeout_s: float = 600.0):
     self.directory = directory
+    self.timeout_s = timeout_s
+    self._failed = False
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(storage.resolve(directory), options=options,
@@ -58,16 +65,23 @@ class StageCheckpoints:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts saving `state` at `step` (asynchronously; `wait` or `close` finishes it)."""
+  def _bounded(self, doing: str, fn) -> None:
+    """`fn()` within `timeout_s`; any failure is a `CheckpointError` naming the folder."""
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+      storage.with_deadline(f'{doing} {self.directory}', fn, self.timeout_s,
+                            store=self.directory)
     except Exception as e:  # pylint: disable=broad-except
       # An asynchronous save fails at the next save or wait: the error names its own path.
+      self._failed = True
       raise CheckpointError(
-          f'could not write a checkpoint in {self.directory} ({_one_line(e)}); '
-          'the earlier checkpoints are intact') from e
+          f'could not {doing} {self.directory} ({_one_line(e)}); the earlier checkpoints are '
+          'intact') from e
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Starts saving `state` at `step` (asynchronously; `wait` or `close` finishes it)."""
+    self._bounded('write a checkpoint in', lambda: self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)), force=True))
 
   def restore(self, abstract_state: Any, step: int) -> tuple[Any, dict[str, Any]]:
     """Restores the state of `step` into the shardings carried by `abstract_state`'s leaves."""
@@ -95,17 +109,17 @@ class StageCheckpoints:
     return target
 
   def wait(self) -> None:
-    try:
-      self._manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'could not finish writing a checkpoint in {self.directory} '
-                            f'({_one_line(e)}); the earlier checkpoints are intact') from e
+    self._bounded('finish writing a checkpoint in', self._manager.wait_until_finished)
 
   def close(self) -> None:
+    """Finishes the pending save and closes; after a failed write, leaves orbax as it is."""
+    if self._failed:
+      return  # Its threads may still be retrying: the process is about to end.
     try:
       self.wait()
     finally:
-      self._manager.close()
+      if not self._failed:
+        self._manager.close()
 
 
 def save_final(directory: str, variables: Any) -> None:

@@ -60,6 +60,7 @@ class StageSpec:
       so that the controls and GWTN start from the same thin weights).
     data_seed: the data order and augmentation.
     log_every / eval_every / checkpoint_every / keep_checkpoints: in steps.
+    checkpoint_timeout_s: the longest a checkpoint write may hold the loop.
     on_nonfinite: 'stop' (the run ends with an error naming the step; nothing non-finite is
       ever saved) or 'skip' (the step is not applied, and is counted and reported).
   """
@@ -76,6 +77,7 @@ class StageSpec:
   eval_every: int
   checkpoint_every: int
   keep_checkpoints: int = 2
+  checkpoint_timeout_s: float = 600.0
   on_nonfinite: str = 'stop'
 
 
@@ -283,7 +285,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
 
   storage.makedirs(stage_dir)
   checkpoints = checkpoint_lib.StageCheckpoints(os.path.join(stage_dir, layout.CHECKPOINTS_DIR),
-                                                keep=spec.keep_checkpoints)
+                                                keep=spec.keep_checkpoints,
+                                                timeout_s=spec.checkpoint_timeout_s)
   history: list[dict[str, Any]] = []
   wall_before, skipped = 0.0, 0
   restored = checkpoints.restore_latest_good(abstract)

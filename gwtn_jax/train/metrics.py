@@ -5,31 +5,74 @@ Only process 0 writes; the other processes of a multi-host run keep quiet.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 
 import jax
 
+from gwtn_jax import storage
+
 
 class MetricWriter:
-  """Scalars to TensorBoard event files under `logdir` (tensorboardX; TensorFlow not needed)."""
+  """Scalars to TensorBoard event files under `logdir` (tensorboardX; TensorFlow not needed).
 
-  def __init__(self, logdir: str):
+  A remote `logdir` (gs://) gets the same event files: they are written to a local temporary
+  folder and uploaded whole through `gwtn_jax.storage` at most every `upload_every_s` and at
+  `close`, each upload bounded in time. TensorBoard reads them with `--logdir=gs://...`. A
+  failed upload is one warning line and is tried again at the next one: losing a curve never
+  stops a run (a failed checkpoint write does).
+  """
+
+  def __init__(self, logdir: str, flush_secs: int = 30, upload_every_s: float = 30.0):
     self._writer = None
+    self._logdir = logdir
+    self._local = None
+    self._upload_every_s = upload_every_s
+    self._uploaded_at = time.time()
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._writer = SummaryWriter(logdir=logdir, flush_secs=30)
+      if storage.is_remote(logdir):
+        self._local = tempfile.mkdtemp(prefix='gwtn_tensorboard_')
+      self._writer = SummaryWriter(logdir=self._local or logdir, flush_secs=flush_secs)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if self._writer is None:
       return
     for name, value in scalars.items():
       self._writer.add_scalar(name, float(value), step)
+    if self._local and time.time() - self._uploaded_at >= self._upload_every_s:
+      self._upload()
+
+  def _upload(self, flush: bool = True) -> bool:
+    """Copies the local event files to the remote logdir; False (and a warning) if it failed."""
+    if flush:
+      self._writer.flush()
+    self._uploaded_at = time.time()
+    names = sorted(os.listdir(self._local))
+    try:
+      for name in names:
+        storage.with_deadline(
+            f'TensorBoard {self._logdir}',
+            lambda n=name: storage.upload(os.path.join(self._local, n),
+                                          os.path.join(self._logdir, n)),
+            store=self._logdir)
+    except Exception as e:  # pylint: disable=broad-except
+      text = ' '.join(str(e).split())[:200]
+      print(f'warning: could not upload TensorBoard events to {self._logdir} '
+            f'({type(e).__name__}: {text}); trying again later', file=sys.stderr, flush=True)
+      return False
+    return True
 
   def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
+    if self._writer is None:
+      return
+    self._writer.close()
+    if self._local and self._upload(flush=False):
+      shutil.rmtree(self._local, ignore_errors=True)
 
 
 def _duration(seconds: float) -> str:
