@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gwtn_jax import builders
 from gwtn_jax import config_lib
@@ -100,6 +101,9 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
     moved = set_aside(workdir)
     if moved:
       print(f'--start_over: the previous run is in {moved}', flush=True)
+    if jax.process_count() > 1:
+      # The others read the workdir's config.json next: only once process 0 has moved it.
+      multihost_utils.sync_global_devices('gwtn_jax: --start_over')
   config_lib.check_workdir_config(config, workdir)
   _write_config(config, workdir)
 

@@ -307,6 +307,19 @@ def test_setup_tarball(dry_env):
   assert 'jax.device_count()' in remote_command(check)
 
 
+def test_the_tpu_extra_setup_installs_brings_gcs_support():
+  # setup.sh installs '.[tpu]'; a pod's workdir is gs://, which needs gcsfs (gwtn_jax.storage).
+  import configparser  # pylint: disable=g-import-not-at-top
+  cfg = configparser.ConfigParser()
+  cfg.read(ROOT / 'setup.cfg')
+  extras = cfg['options.extras_require']
+  for extra in ('tpu', 'gcs'):
+    names = [line.split('>')[0].split('=')[0].strip() for line in extras[extra].splitlines()]
+    assert 'gcsfs' in names, extra
+  assert 'jax[tpu]' in extras['tpu']
+  assert not any('tensorflow' in line for line in cfg['options']['install_requires'].splitlines())
+
+
 def test_setup_from_repo(dry_env):
   out = dry('setup.sh', '--name=gwtn-pod', '--zone=us-east5-a', '--no-editable',
             '--repo=https://github.com/example/gwtn_jax.git', '--ref=v1.2',
