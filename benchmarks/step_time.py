@@ -45,6 +45,7 @@ def main(argv):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders, config_lib  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
@@ -88,7 +89,7 @@ def main(argv):
     tx, _ = optim.make_optimizer(config[stage].optimizer, sum(p.steps for p in method.phases()))
     rng = jax.random.key(0)
     _, shardings = state_lib.abstract_state(method, tx, rng, stage_sample, None, mesh, rules)
-    uses_teacher = stage in config_lib.NEEDS_TEACHER
+    uses_teacher = registry.get(stage).teacher
     for phase in phases:
       state = [state_lib.create_state(method, tx, rng, stage_sample, None, shardings)]
       step = loop.jit_train_step(method, phase, tx, rng, mesh, rules, shardings,

@@ -27,6 +27,7 @@ Values and where they come from:
 """
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -39,14 +40,7 @@ def get_config(arg: str = ''):
   config.model.name = 'resnet50'
   config.model.dtype = 'bfloat16'
   config.thin_width = config.wide_width = 1.0
-  config.data.name = 'imagenet2012'
-  config.data.dir = ''
-  config.data.train_split = 'train'
-  config.data.eval_split = 'validation'
-  config.data.image_size = 224
-  config.data.augment = True
-  config.data.read_threads = 16
-  config.data.prefetch = 8
+  recipes.imagenet_data(config.data)
   config.method = 'dan' if args.get('dan') else 'adjoined'
 
   config.batch_size = 1024

@@ -51,6 +51,7 @@ rising over the first 25% of the steps: configs/adjoined_imagenet.py).
 """
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 
 def get_config(arg: str = ''):
@@ -71,24 +72,9 @@ def get_config(arg: str = ''):
   config.eval_every = 600
   config.checkpoint_every = 300
 
-  sgd = dict(name='sgd', momentum=0.9, schedule='cosine')
-  config.wide.steps = 1200
-  config.wide.optimizer.update(sgd, learning_rate=0.1, weight_decay=5e-4, warmup_steps=100)
-  for control in ('thin_scratch', 'thin_kd'):
-    config[control].optimizer.update(sgd, learning_rate=0.1, weight_decay=5e-4, warmup_steps=100)
-  config.thin_kd.alpha = 0.5
-  config.thin_kd.temperature = 4.0
-
-  config.imitate.granularity = 'stage'
-  config.imitate.steps_per_point = 200
-  config.imitate.eval_every = 200
-  config.imitate.optimizer.update(sgd, learning_rate=0.1, weight_decay=0.0)
-  config.probe.steps = 100
-  config.probe.optimizer.update(sgd, learning_rate=0.1, weight_decay=0.0)
-  config.finetune.steps = 600
-  config.finetune.alpha = 0.5
-  config.finetune.temperature = 4.0
-  config.finetune.optimizer.update(sgd, learning_rate=0.05, weight_decay=5e-4)
+  recipes.fashion_mnist_gwtn(config, wide_steps=1200, steps_per_point=200, probe_steps=100,
+                             finetune_steps=600)
+  sgd = recipes.SGD
 
   # LIT: phase 1 as long as GWTN's stage 2, phase 2 as stage 3 (steps -1).
   config.lit.optimizer.update(sgd, learning_rate=0.1, weight_decay=5e-4, warmup_steps=100)

@@ -32,6 +32,7 @@ Choices (ours; the GWTN paper has no Fashion-MNIST recipe):
 """
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 
 def get_config(arg: str = ''):
@@ -49,24 +50,8 @@ def get_config(arg: str = ''):
   config.eval_every = 300
   config.checkpoint_every = 300
 
-  sgd = dict(name='sgd', momentum=0.9, schedule='cosine')
-  config.wide.steps = 1800
-  config.wide.optimizer.update(sgd, learning_rate=0.1, weight_decay=5e-4, warmup_steps=100)
-  config.thin_scratch.optimizer.update(sgd, learning_rate=0.1, weight_decay=5e-4, warmup_steps=100)
-  config.thin_kd.optimizer.update(sgd, learning_rate=0.1, weight_decay=5e-4, warmup_steps=100)
-  config.thin_kd.alpha = 0.5
-  config.thin_kd.temperature = 4.0
-
-  config.imitate.granularity = 'stage'
-  config.imitate.steps_per_point = 300
-  config.imitate.eval_every = 300
-  config.imitate.optimizer.update(sgd, learning_rate=0.1, weight_decay=0.0)
-  config.probe.steps = 200
-  config.probe.optimizer.update(sgd, learning_rate=0.1, weight_decay=0.0)
-  config.finetune.steps = 900
-  config.finetune.alpha = 0.5
-  config.finetune.temperature = 4.0
-  config.finetune.optimizer.update(sgd, learning_rate=0.05, weight_decay=5e-4)
+  recipes.fashion_mnist_gwtn(config, wide_steps=1800, steps_per_point=300, probe_steps=200,
+                             finetune_steps=900)
 
   if arg == 'smoke':
     config.data.num_train_examples = 4096

@@ -44,6 +44,7 @@ are underused; on a slice this size raise `batch_size` (the learning rates follo
 """
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 IMAGENET_TRAIN = 1_281_167
 MESH_PRESET = 'data'  # chosen with gwtn_jax.plan at 256 chips; see the docstring
@@ -57,14 +58,7 @@ def get_config(arg: str = ''):
   config.model.dtype = 'bfloat16'
   config.thin_width = 1.0
   config.wide_width = 4.0
-  config.data.name = 'imagenet2012'
-  config.data.dir = ''
-  config.data.train_split = 'train'
-  config.data.eval_split = 'validation'
-  config.data.image_size = 224
-  config.data.augment = True
-  config.data.read_threads = 16
-  config.data.prefetch = 8
+  recipes.imagenet_data(config.data)
 
   config.batch_size = 1024
   config.eval_batch_size = 1024

@@ -18,13 +18,9 @@ from jax.sharding import Mesh
 from gwtn_jax import config_lib
 from gwtn_jax import data as data_lib
 from gwtn_jax import models
-from gwtn_jax.methods import adjoined
 from gwtn_jax.methods import base
-from gwtn_jax.methods import imitation
-from gwtn_jax.methods import lit
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks
-from gwtn_jax.methods.distill import Distill
-from gwtn_jax.methods.supervised import Supervised
 from gwtn_jax.parallel import mesh as mesh_lib
 
 ROLES = ('thin', 'wide')
@@ -122,7 +118,7 @@ def build_experiment(config, static: bool = False) -> Experiment:
       mesh=mesh, rules=rules, data=data,
       task=tasks.MaskedLM(seq_len, max_predictions(seq_len, config.data.mask_rate)),
       thin=build_model(config, 'thin', 0, vocab), wide=build_model(config, 'wide', 0, vocab))
-  if 'downstream' in config_lib.stages_of(config):
+  if any(registry.get(s).per_network for s in config_lib.stages_of(config)):
     down = None if static else data_lib.build_classify_data(
         config.downstream, data, plays=config.data.plays, **where)
     classes = info.downstream_classes if static else down.info.num_classes
@@ -160,88 +156,36 @@ def build_model(config, role: str, num_classes: int, vocab_size: int | None = No
   return models.get_model(name, **kwargs)
 
 
-def _epoch_steps(config, stage: str, exp: Experiment) -> int:
-  """A stage's epoch in steps: its `epoch_steps`, else one pass over the train split."""
-  if config[stage].epoch_steps:
-    return config[stage].epoch_steps
-  if exp.data is None:  # planning: lambda's schedule does not change the memory
-    return 1
-  batch = config_lib.stage_value(config, stage, 'batch_size')
-  return max(1, exp.data.info.num_train // batch)
-
-
-def _an_widths(config, big: nn.Module) -> models.WidthPlan:
-  """AN's small network: `adjoined.cf` wherever convs exceed `adjoined.threshold` channels."""
-  return adjoined.adjoined_widths(big, config.adjoined.cf, config.adjoined.threshold)
-
-
-def build_method(config, stage: str, exp: Experiment, found: Any = None
+def build_method(config, stage: str, exp: Experiment, found: Any = None, role: str = 'thin'
                  ) -> tuple[base.Method, nn.Module]:
-  """The method a stage runs, and the network whose variables it produces.
+  """The method a stage runs, and the network whose variables it produces (its registry
+  declaration's `build`).
 
   Args:
     config: the run's config.
-    stage: a stage of config_lib.STAGES (not 'downstream').
+    stage: a stage of the registry.
     exp: the experiment.
-    found: `dan_adjoined`: the DAN stage's summary (the widths it found); None when planning,
-      where AN's cf widths stand in.
+    found: the summary of the stage the stage's `arch_from` names (None when planning).
+    role: a per-network stage: which network it fine-tunes ('thin' or 'wide').
   """
-  thin, wide, task = exp.thin, exp.wide, exp.task
-  if stage == 'wide':
-    return Supervised(wide, task, config.wide.steps), wide
-  if stage == 'imitate':
-    return imitation.Imitation(thin, wide, task, config.imitate), thin
-  num_points = imitation.num_imitated_points(thin, config.imitate)
-  steps = config_lib.stage_steps(config, stage, num_points)
-  if stage == 'thin_scratch':
-    return Supervised(thin, task, steps), thin
-  if stage == 'probe':
-    return Supervised(thin, task, steps, trainable_modules=thin.head_modules()), thin
-  if stage in ('thin_kd', 'finetune'):
-    return Distill(thin, wide, task, steps, alpha=config[stage].alpha,
-                   temperature=config[stage].temperature), thin
-  if stage == 'lit':
-    return lit.Lit(thin, wide, task, steps, config.lit), thin
-  if stage == 'lit_finetune':  # LIT's phase 2: KD alone, the whole student trained
-    return Distill(thin, wide, task, steps, alpha=config.lit.alpha,
-                   temperature=config.lit.temperature), thin
-  # AN and DAN: the wide architecture is the big network; the small one is adjoined to it.
-  if stage == 'dan':
-    c = config.dan
-    return adjoined.Dan(wide, task, steps, _epoch_steps(config, stage, exp), gamma=c.gamma,
-                        tau0=c.tau_start, tau_min=c.tau_end, threshold=c.threshold), wide
-  if stage in ('adjoined', 'dan_adjoined'):
-    small = (models.WidthPlan(**found) if stage == 'dan_adjoined' and found is not None
-             else _an_widths(config, wide))
-    method = adjoined.Adjoined(wide, task, steps, small, _epoch_steps(config, stage, exp))
-    return method, wide.clone(widths=small)
-  if stage == 'small_scratch':  # AN's control: its small network alone
-    small = wide.clone(widths=_an_widths(config, wide))
-    return Supervised(small, task, steps), small
-  raise ValueError(f'stages: {stage!r} has no method here; choose from {config_lib.STAGES}')
-
-
-def build_downstream_method(config, role: str, exp: Experiment) -> tuple[base.Method, nn.Module]:
-  """Fine-tuning a pre-trained network (thin or wide) on the downstream task.
-
-  It starts from the pre-trained encoder; the pooler and classifier start fresh and the MLM
-  head is dropped.
-  """
-  down = exp.downstream
-  model = down.thin if role == 'thin' else down.wide
-  return Supervised(model, down.task, config.downstream.steps, partial_init=True), model
+  declared = registry.get(stage)
+  steps = config_lib.stage_steps(config, stage, exp.thin)
+  ctx = registry.BuildContext(
+      config=config, exp=exp, stage=stage, steps=steps,
+      batch_size=config_lib.stage_value(config, stage, 'batch_size'), found=found, role=role)
+  return declared.build(ctx)
 
 
 def stage_methods(config, exp: Experiment):
   """Every stage's method, in order: yields (label, stage, method, task).
 
-  The downstream stage gives two: its thin and its wide network ('downstream_thin',
-  'downstream_wide'). For benchmarks, the planner and tests that run every step.
+  A per-network stage gives one per network role ('<stage>_thin', '<stage>_wide'). For
+  benchmarks, the planner and tests that run every step.
   """
   for stage in config_lib.stages_of(config):
-    if stage == 'downstream':
+    if registry.get(stage).per_network:
       for role in ROLES:
-        method, _ = build_downstream_method(config, role, exp)
-        yield f'downstream_{role}', stage, method, exp.downstream.task
+        method, _ = build_method(config, stage, exp, role=role)
+        yield f'{stage}_{role}', stage, method, exp.downstream.task
     else:
       yield stage, stage, build_method(config, stage, exp)[0], exp.task

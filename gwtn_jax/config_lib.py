@@ -16,46 +16,20 @@ from typing import Any
 import ml_collections
 
 from gwtn_jax import storage
+from gwtn_jax.methods import registry
 from gwtn_jax.train import layout
 
-# The stages a pipeline can run, in the only order that makes sense: the wide network first
-# (it is every other stage's teacher), the controls, then imitation, its probe and fine-tuning;
-# for a BERT, last, the downstream fine-tuning of every network the others produced.
-STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune', 'lit', 'lit_finetune',
-          'adjoined', 'small_scratch', 'dan', 'dan_adjoined', 'downstream')
-# GWTN's pipeline with its two controls (the default of a ResNet run; a BERT's adds downstream).
-IMAGE_STAGES = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune')
-# `config.method` -> its stages, when `config.stages` is empty. KD (Hinton et al.) is the
-# baseline every method is compared with; 'compare' runs them side by side at equal budget.
-METHOD_STAGES = {
-    'gwtn': IMAGE_STAGES,
-    'kd': ('wide', 'thin_kd'),
-    'lit': ('wide', 'lit', 'lit_finetune'),
-    'adjoined': ('adjoined', 'small_scratch'),
-    'dan': ('dan', 'dan_adjoined'),
-    'compare': IMAGE_STAGES + ('lit', 'lit_finetune', 'adjoined', 'small_scratch'),
-}
-# Which stage's output each stage starts from (None: a fresh initialization).
-# ('wide': the teacher's variables, from which LIT copies the stem and the head.)
-STAGE_INIT_FROM = {'probe': 'imitate', 'finetune': 'imitate', 'lit': 'wide', 'lit_finetune': 'lit'}
-# The stage whose output decides a stage's architecture (DAN's width search -> AN retraining).
-STAGE_ARCH_FROM = {'dan_adjoined': 'dan'}
-# The stages that need the wide network as a teacher (LIT: it also starts from its stem/head).
-NEEDS_TEACHER = ('thin_kd', 'imitate', 'finetune', 'lit', 'lit_finetune')
-# With `steps` -1 these get as many steps as GWTN's stages 2 and 3 together (equal budgets).
-CONTROL_STAGES = ('thin_scratch', 'thin_kd', 'adjoined', 'small_scratch', 'dan', 'dan_adjoined')
-# With `steps` -1, LIT's two phases get the lengths of GWTN's stage 2 and stage 3.
-LIT_STEPS_AS = {'lit': 'imitate', 'lit_finetune': 'finetune'}
-
-
 def stages_of(config) -> tuple[str, ...]:
-  """The stages a run runs: `config.stages`, or those of `config.method` when it is empty."""
+  """The stages a run runs: `config.stages`, or those of `config.method` when it is empty
+  (a BERT run's method adds the per-network downstream stage)."""
   if config.stages:
     return tuple(config.stages)
-  if config.method not in METHOD_STAGES:
+  methods = registry.methods()
+  if config.method not in methods:
     raise ConfigError(f'method={config.method!r} is unknown; choose one of '
-                      f'{tuple(METHOD_STAGES)} (or list stages)')
-  return METHOD_STAGES[config.method] + (('downstream',) if is_text(config) else ())
+                      f'{tuple(methods)} (or list stages)')
+  per_network = tuple(n for n, s in registry.stages().items() if s.per_network)
+  return methods[config.method] + (per_network if is_text(config) else ())
 
 IMITATION_GRANULARITIES = ('block', 'stage')
 IMITATION_SCHEDULES = ('progressive', 'one_shot')
@@ -218,8 +192,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.mesh = mesh_config('data')
 
-  # The method compared or run (see METHOD_STAGES); `stages`, when not empty, lists the stages
-  # instead.
+  # The method compared or run (the methods of gwtn_jax/methods/registry.py); `stages`, when
+  # not empty, lists the stages instead.
   config.method = 'gwtn'
   config.stages = ()
   # A trained wide network to use as the teacher when 'wide' is not among the stages: the
@@ -335,18 +309,22 @@ def downstream_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def stage_steps(config, stage: str, num_points: int | None = None) -> int:
-  """The number of steps a stage runs, resolving the controls' -1 and the imitation phases."""
-  if stage == 'imitate':
-    if config.imitate.schedule == 'one_shot':
-      return config.imitate.steps
-    assert num_points is not None, 'progressive imitation needs the number of points'
-    return config.imitate.steps_per_point * num_points
+def stage_steps(config, stage: str, thin) -> int:
+  """The number of steps a stage runs: its own length rule, else `steps`, where -1 adds up
+  the lengths of the stages holding its budget roles (equal budgets).
+
+  Args:
+    config: the run's config.
+    stage: a stage of the registry.
+    thin: the thin network (a length may depend on it, e.g. GWTN's points).
+  """
+  declared = registry.get(stage)
+  if declared.length is not None:
+    return declared.length(config, thin)
   steps = config[stage].steps
-  if stage in CONTROL_STAGES and steps == -1:
-    return stage_steps(config, 'imitate', num_points) + config.finetune.steps
-  if stage in LIT_STEPS_AS and steps == -1:
-    return stage_steps(config, LIT_STEPS_AS[stage], num_points)
+  if steps == -1 and declared.steps_as:
+    return sum(stage_steps(config, other, thin) for role in declared.steps_as
+               for other in registry.with_role(role))
   return steps
 
 
@@ -439,24 +417,26 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   if workdir is not None:
     check_workdir(workdir)
   stages = stages_of(config)
+  known = registry.stages()
+  names = tuple(known)
   for stage in stages:
-    _require(stage in STAGES, f'stages: {stage!r} is unknown; choose from {STAGES}')
-  _require('downstream' not in stages or is_text(config),
-           f"stages: 'downstream' fine-tunes BERTs on a text task; model.name="
-           f"{config.model.name!r} is not a BERT")
+    _require(stage in known, f'stages: {stage!r} is unknown; choose from {names}')
   _require(len(set(stages)) == len(stages), f'stages={stages} lists a stage twice')
-  order = [STAGES.index(s) for s in stages]
-  _require(order == sorted(order), f'stages={stages} is out of order; the order is {STAGES}')
+  order = [names.index(s) for s in stages]
+  _require(order == sorted(order), f'stages={stages} is out of order; the order is {names}')
   for stage in stages:
-    source = STAGE_INIT_FROM.get(stage) or STAGE_ARCH_FROM.get(stage)
-    _require(source in (None, 'wide') or source in stages,
+    source = known[stage].init_from or known[stage].arch_from
+    _require(source in ('', registry.TEACHER) or source in stages,
              f"stages: '{stage}' starts from the output of '{source}', which is not in stages")
-  if 'wide' not in stages and any(s in NEEDS_TEACHER for s in stages):
-    _require(bool(config.teacher_dir),
-             'teacher_dir is empty but stages has no \'wide\'; give the stage folder of a trained '
-             'wide network (WORKDIR/stages/wide) or add \'wide\' to stages')
-  if 'wide' not in stages and config.teacher_dir:
-    check_teacher_dir(config.teacher_dir)
+  teacher_stage = next(n for n, s in known.items() if s.provides_teacher)
+  if teacher_stage not in stages:
+    if any(known[s].teacher or known[s].init_from == registry.TEACHER for s in stages):
+      _require(bool(config.teacher_dir),
+               f"teacher_dir is empty but stages has no '{teacher_stage}'; give the stage folder "
+               f"of a trained wide network (WORKDIR/stages/{teacher_stage}) or add "
+               f"'{teacher_stage}' to stages")
+    if config.teacher_dir:
+      check_teacher_dir(config.teacher_dir)
 
   seeds = tuple(config.seeds)
   _require(len(seeds) > 0 and all(isinstance(s, int) for s in seeds),
@@ -479,7 +459,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
       pass
     elif is_text(config):
       data_lib.check_text_config(config.data)
-      if 'downstream' in stages:
+      if any(registry.get(s).per_network for s in stages):  # the downstream task's data
         data_lib.check_classify_config(config.downstream)
         _require(config.downstream.name != 'verse_prose' or config.data.name == 'shakespeare',
                  "downstream.name='verse_prose' is a task on the Shakespeare plays; it needs "
@@ -530,66 +510,34 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
            f'imitate.loss_on={imitate.loss_on!r} must be one of {IMITATION_LOSS_ON}')
   _require(imitate.inputs in IMITATION_INPUTS,
            f'imitate.inputs={imitate.inputs!r} must be one of {IMITATION_INPUTS}')
-  from gwtn_jax.methods import imitation  # pylint: disable=g-import-not-at-top
-  try:
-    if 'imitate' in stages:
-      imitation.imitated_points(thin, wide, imitate)
-    num_points = imitation.num_imitated_points(thin, imitate)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  # Every equal budget counts imitation's steps, so they are checked whatever the stages.
   _check_positive_int(imitate.steps_per_point, 'imitate.steps_per_point')
-
-  adjoined_stages = [s for s in stages
-                     if s in ('adjoined', 'small_scratch', 'dan', 'dan_adjoined')]
-  if adjoined_stages:
-    _require(not is_text(config),
-             f"stages: '{adjoined_stages[0]}' (Adjoined Networks) applies to ResNets; "
-             f'model.name={config.model.name!r} is a BERT')
-    from gwtn_jax.methods import adjoined  # pylint: disable=g-import-not-at-top
-    for stage in set(adjoined_stages) - {'small_scratch'}:
-      _require(config[stage].epoch_steps >= 0,
-               f'{stage}.epoch_steps={config[stage].epoch_steps} must be >= 0 (0: one pass)')
-    if {'adjoined', 'small_scratch', 'dan_adjoined'} & set(stages):
+  for stage in stages:
+    if known[stage].check is not None:
       try:
-        adjoined.adjoined_widths(wide, config.adjoined.cf, config.adjoined.threshold)
-      except ValueError as e:  # names `cf=...`
-        raise ConfigError(f'adjoined.{e}') from None
-    if 'dan' in stages:
-      _require(0 < config.dan.tau_end <= config.dan.tau_start,
-               f'dan.tau_start={config.dan.tau_start}, dan.tau_end={config.dan.tau_end}: '
-               'need 0 < tau_end <= tau_start')
-      _require(config.dan.gamma >= 0, f'dan.gamma={config.dan.gamma} must be >= 0')
-      _require(bool(adjoined.adjoined_groups(wide, config.dan.threshold)),
-               f'dan.threshold={config.dan.threshold}: no conv of the wide network has more '
-               'input and output channels, so there is no width to search')
-
-  if 'lit' in stages:
-    lit_cfg = config.lit
-    _require(0 <= lit_cfg.beta <= 1, f'lit.beta={lit_cfg.beta} must be in [0, 1]')
-    _require(isinstance(lit_cfg.sections, int) and lit_cfg.sections >= 0,
-             f'lit.sections={lit_cfg.sections!r} must be an integer >= 0 (0: the stages)')
-    from gwtn_jax.methods import lit  # pylint: disable=g-import-not-at-top
-    try:
-      lit.Lit(thin, wide, None, 1, lit_cfg)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
-
+        known[stage].check(config, thin, wide)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
   for stage in stages:
     stage_cfg = config[stage]
-    if stage == 'imitate' and imitate.schedule == 'progressive':
-      pass
-    else:
-      minus_one = stage in CONTROL_STAGES or stage in LIT_STEPS_AS
-      _check_positive_int(stage_cfg.steps, f'{stage}.steps', allow=(-1,) if minus_one else ())
+    declared = known[stage]
+    if declared.length is None:
+      _check_positive_int(stage_cfg.steps, f'{stage}.steps',
+                          allow=(-1,) if declared.steps_as else ())
     _require(stage_cfg.batch_size >= 0, f'{stage}.batch_size={stage_cfg.batch_size} must be >= 0')
     _check_optimizer(stage_cfg.optimizer, f'{stage}.optimizer')
     if 'alpha' in stage_cfg:
       _require(0 <= stage_cfg.alpha <= 1, f'{stage}.alpha={stage_cfg.alpha} must be in [0, 1]')
       _require(stage_cfg.temperature > 0, f'{stage}.temperature={stage_cfg.temperature} must be > 0')
-    if (stage in CONTROL_STAGES or stage in LIT_STEPS_AS) and stage_cfg.steps == -1:
-      _require('finetune' in config and config.finetune.steps > 0,
-               f'{stage}.steps=-1 needs finetune.steps > 0 to count the equal budget')
-    stage_steps(config, stage, num_points)
+    if declared.steps_as and stage_cfg.steps == -1:
+      for other in (o for role in declared.steps_as for o in registry.with_role(role)):
+        if known[other].length is None:
+          _require(config[other].steps > 0,
+                   f'{stage}.steps=-1 needs {other}.steps > 0 to count the equal budget')
+    try:
+      stage_steps(config, stage, thin)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   try:
     from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -625,7 +573,8 @@ def _check_shardings(config, sizes) -> None:
                  tasks.SequenceClassification(info.seq_len) if classes else
                  tasks.MaskedLM(info.seq_len, 1))
                 for role in builders.ROLES
-                for classes in ((0, info.downstream_classes) if 'downstream' in stages_of(config)
+                for classes in ((0, info.downstream_classes)
+                                if any(registry.get(s).per_network for s in stages_of(config))
                                 else (0,))]
   else:
     networks = [(role, builders.build_model(config, role, info.num_classes),

@@ -24,30 +24,13 @@ from gwtn_jax import builders
 from gwtn_jax import config_lib
 from gwtn_jax import report as report_lib
 from gwtn_jax import storage
+from gwtn_jax.methods import registry
 from gwtn_jax.train import loop
 from gwtn_jax.train import preemption as preemption_lib
-
-# Report key of the network each stage produces, and the stages its budget adds up.
-REPORT_KEYS = {
-    'wide': ('wide', ('wide',)),
-    'thin_scratch': ('thin_scratch', ('thin_scratch',)),
-    'thin_kd': ('thin_kd', ('thin_kd',)),
-    'probe': ('thin_imitated', ('imitate',)),
-    'finetune': ('thin_gwtn', ('imitate', 'finetune')),
-    'lit_finetune': ('thin_lit', ('lit', 'lit_finetune')),
-    'adjoined': ('small_an', ('adjoined',)),
-    'small_scratch': ('small_scratch', ('small_scratch',)),
-    'dan_adjoined': ('small_dan', ('dan_adjoined',)),
-}
-
 
 def _stage_seed(seed: int, stage: str) -> int:
   """A data seed per (seed, stage), stable across runs and Python versions."""
   return int(np.random.SeedSequence([seed, *stage.encode()]).generate_state(1)[0] % (2**31))
-
-
-# The networks the downstream stage fine-tunes (the wide one, the two controls, GWTN's, LIT's).
-DOWNSTREAM_OF = ('wide', 'thin_scratch', 'thin_kd', 'finetune', 'lit_finetune')
 
 
 def _spec(config, stage: str, name: str, method, model, task, init_seed: int, data_seed: int
@@ -117,7 +100,7 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
 
   with preemption:
     results = _run_stages(config, exp, stage_kwargs)
-  report = report_lib.build_report(results, REPORT_KEYS, exp)
+  report = report_lib.build_report(results, registry.report_keys(), exp)
   if jax.process_index() == 0:
     report_lib.write_report(workdir, report, results, config)
   return report
@@ -125,58 +108,71 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
 
 def _run_stages(config, exp: builders.Experiment, stage_kwargs
                 ) -> dict[str, list[loop.StageResult]]:
-  """Runs (or loads) every stage: the wide one once, the thin ones for each seed."""
+  """Runs (or loads) every stage: the teacher's once, the others for each seed.
+
+  Results are keyed by stage, and by '<per-network stage>/<report row>' for the fine-tuning
+  of each network a per-network stage (BERT's downstream) takes.
+  """
   stages = config_lib.stages_of(config)
+  known = registry.stages()
+  teacher_stage = next(n for n, s in known.items() if s.provides_teacher)
+  per_network = [s for s in stages if known[s].per_network]
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
-  if 'wide' in stages:
-    method, model = builders.build_method(config, 'wide', exp)
+  if teacher_stage in stages:
+    method, model = builders.build_method(config, teacher_stage, exp)
     seed = config.seed
-    wide_result = loop.run_stage(
-        _spec(config, 'wide', 'wide', method, model, exp.task, seed, _stage_seed(seed, 'wide')),
-        **stage_kwargs('wide'))
-    results['wide'] = [wide_result]
-    teacher = wide_result.variables
-  elif any(s in config_lib.NEEDS_TEACHER for s in stages) or config.teacher_dir:
+    result = loop.run_stage(
+        _spec(config, teacher_stage, teacher_stage, method, model, exp.task, seed,
+              _stage_seed(seed, teacher_stage)),
+        **stage_kwargs(teacher_stage))
+    results[teacher_stage] = [result]
+    teacher = result.variables
+  elif any(known[s].teacher or known[s].init_from == registry.TEACHER
+           for s in stages) or config.teacher_dir:
     teacher = loop.load_stage_output(config.teacher_dir, exp.wide, exp.task, exp.mesh, exp.rules)
     done = loop.read_result(config.teacher_dir)
     if done is not None:
-      results['wide'] = [loop.StageResult('wide', teacher, done['metrics'], done['history'],
-                                          done['steps'], done['wall_s'], done['curve_metric'],
-                                          exp.wide)]
+      results[teacher_stage] = [loop.StageResult(
+          teacher_stage, teacher, done['metrics'], done['history'], done['steps'],
+          done['wall_s'], done['curve_metric'], exp.wide)]
 
-  def downstream(name: str, source: loop.StageResult, role: str, seed: int) -> None:
-    """Fine-tunes a produced network on the downstream task."""
-    key = REPORT_KEYS[name][0]
-    method, model = builders.build_downstream_method(config, role, exp)
-    where = f'downstream/{key}' if role == 'wide' else f'seed{seed}/downstream/{key}'
+  def fine_tune(stage: str, of: str, source: loop.StageResult, seed: int) -> None:
+    """A per-network stage on the network stage `of` produced."""
+    key = known[of].report
+    role = known[of].role
+    method, model = builders.build_method(config, stage, exp, role=role)
+    where = f'{stage}/{key}' if of == teacher_stage else f'seed{seed}/{stage}/{key}'
     result = loop.run_stage(
-        _spec(config, 'downstream', where, method, model, exp.downstream.task, seed,
-              _stage_seed(seed, 'downstream')),
+        _spec(config, stage, where, method, model, exp.downstream.task, seed,
+              _stage_seed(seed, stage)),
         init=source.variables, **stage_kwargs(where, data=exp.downstream.data))
-    results.setdefault(f'downstream/{key}', []).append(result)
+    results.setdefault(f'{stage}/{key}', []).append(result)
 
-  if 'downstream' in stages and 'wide' in results:
-    downstream('wide', results['wide'][0], 'wide', config.seed)
+  for stage in per_network:
+    if teacher_stage in results and known[teacher_stage].downstream:
+      fine_tune(stage, teacher_stage, results[teacher_stage][0], config.seed)
   for seed in config.seeds:
     produced: dict[str, loop.StageResult] = {}
     for stage in stages:
-      if stage in ('wide', 'downstream'):
+      if stage == teacher_stage or stage in per_network:
         continue
-      arch = config_lib.STAGE_ARCH_FROM.get(stage)
-      method, model = builders.build_method(config, stage, exp,
-                                            found=produced[arch].summary if arch else None)
-      source = config_lib.STAGE_INIT_FROM.get(stage)
+      declared = known[stage]
+      method, model = builders.build_method(
+          config, stage, exp,
+          found=produced[declared.arch_from].summary if declared.arch_from else None)
+      source = declared.init_from
       name = f'seed{seed}/{stage}'
       result = loop.run_stage(
           _spec(config, stage, name, method, model, exp.task, seed, _stage_seed(seed, stage)),
-          teacher=teacher if stage in config_lib.NEEDS_TEACHER else None,
-          init=(teacher if source == 'wide' else produced[source].variables) if source else None,
+          teacher=teacher if declared.teacher else None,
+          init=(teacher if source == registry.TEACHER else produced[source].variables)
+          if source else None,
           **stage_kwargs(name))
       produced[stage] = result
       results.setdefault(stage, []).append(result)
-    if 'downstream' in stages:
-      for stage in DOWNSTREAM_OF[1:]:
-        if stage in produced:
-          downstream(stage, produced[stage], 'thin', seed)
+    for stage in per_network:
+      for of, result in produced.items():
+        if known[of].downstream:
+          fine_tune(stage, of, result, seed)
   return results

@@ -69,6 +69,7 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
   from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax import report  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
@@ -93,7 +94,7 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
     rng = jax.random.key(0)
     state, shardings = state_lib.abstract_state(method, tx, rng, task.sample_batch(), None,
                                                 mesh, rules)
-    uses_teacher = stage in config_lib.NEEDS_TEACHER
+    uses_teacher = registry.get(stage).teacher
     if not all_phases and len(phases) > 2:
       phases = [phases[0], phases[-1]]
     for phase in phases:

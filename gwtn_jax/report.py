@@ -26,16 +26,16 @@ import numpy as np
 
 from gwtn_jax import config_lib
 from gwtn_jax import storage
+from gwtn_jax.methods import registry
 
 # The report's entry that describes the downstream task (every other entry is a network).
 DOWNSTREAM_TASK = 'downstream_task'
-# (method, control, what its paper claims): the comparisons report.md spells out.
-CLAIMS = (
-    ('thin_gwtn', 'thin_scratch', 'GWTN claims better'),
-    ('thin_gwtn', 'thin_kd', 'GWTN claims better'),
-    ('thin_lit', 'thin_kd', 'LIT claims better'),
-    ('small_an', 'small_scratch', 'AN claims better'),
-)
+
+
+def claims() -> list[tuple[str, str, str]]:
+  """(method's row, control's row, what its paper claims): what report.md spells out."""
+  return [(s.report, control, claim) for s in registry.stages().values()
+          for control, claim in s.claims]
 
 
 def count_params(variables: Mapping[str, Any]) -> int:
@@ -76,6 +76,7 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
   """
   report: dict[str, Any] = {}
   flops_cache: dict[str, int] = {}
+  per_network = next((n for n, s in registry.stages().items() if s.per_network), '')
   for stage, (key, budget) in report_keys.items():
     if stage not in results:
       continue
@@ -83,7 +84,7 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
     model = runs[0].model  # the network the stage produced (AN: the extracted small one)
     if repr(model) not in flops_cache:
       flops_cache[repr(model)] = forward_flops(model, exp.task)
-    down = results.get(f'downstream/{key}', [])
+    down = results.get(f'{per_network}/{key}', []) if per_network else []
     per_seed = []
     for i, run in enumerate(runs):
       parts = [results[s][i] for s in budget if s in results]
@@ -150,7 +151,7 @@ def _markdown(report: dict[str, Any], config) -> str:
     lines.append(f'| {key} | {row["params"]:,} | {row["flops"] / 1e6:.2f} | '
                  f'{row["train_steps"]} | {row["wall_s"]:.0f} | ' + ' | '.join(cells) + ' |')
   lines.append('')
-  for method, control, claim in CLAIMS:
+  for method, control, claim in claims():
     if method not in rows or control not in rows:
       continue
     ours, other = rows[method]['metrics'], rows[control]['metrics']
@@ -181,19 +182,20 @@ def _plot(results, config) -> bytes:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  downstream = {k.split('/', 1)[1]: v for k, v in results.items() if k.startswith('downstream/')}
+  # '<per-network stage>/<row>': each network's downstream fine-tuning.
+  downstream = {k.split('/', 1)[1]: v for k, v in results.items() if '/' in k}
   panels = 3 if downstream else 2
   fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
   ax_main, ax_imi = axes[0], axes[1]
-  imitate_steps = [r.steps for r in results.get('imitate', [])]
-  colors = {'wide': 'black', 'thin_scratch': 'tab:blue', 'thin_kd': 'tab:orange',
-            'finetune': 'tab:green', 'thin_gwtn': 'tab:green', 'probe': 'tab:purple'}
-  labels = {'finetune': 'thin_gwtn (imitate + finetune)', 'probe': 'thin_imitated (probe)'}
+  known = registry.stages()
+  colors = {n: s.color for n, s in known.items()}
+  colors.update({s.report: s.color for s in known.values() if s.report})
   metric = None
   for stage, runs in results.items():
-    if stage.startswith('downstream/'):
+    if '/' in stage:
       continue
-    if stage == 'imitate':
+    declared = known[stage]
+    if declared.budget_role == 'imitation':
       for i, run in enumerate(runs):
         steps = [h['step'] for h in run.history]
         ax_imi.plot(steps, [h['metrics']['imitation_loss'] for h in run.history], 'o',
@@ -203,13 +205,14 @@ def _plot(results, config) -> bytes:
             ax_imi.annotate(h['phase'], (h['step'], h['metrics']['imitation_loss']),
                             textcoords='offset points', xytext=(0, 6), ha='center', fontsize=7)
       continue
+    before = [r.steps for r in results.get(declared.curve_after, [])]
     for i, run in enumerate(runs):
       metric = run.curve_metric
-      offset = imitate_steps[i] if stage in ('finetune', 'probe') and imitate_steps else 0
+      offset = before[i] if before else 0
       steps = [h['step'] + offset for h in run.history]
       values = [h['metrics'].get(metric, np.nan) for h in run.history]
       ax_main.plot(steps, values, 'o-', ms=3, color=colors.get(stage), alpha=0.8,
-                   label=labels.get(stage, stage) if i == 0 else None)
+                   label=(declared.label or stage) if i == 0 else None)
   ax_main.set_xlabel('training steps of the network (thin: imitation steps counted)')
   ax_main.set_ylabel(f'eval {metric}')
   ax_main.set_title(f'eval {metric}')
@@ -220,7 +223,7 @@ def _plot(results, config) -> bytes:
   ax_imi.set_yscale('log')
   ax_imi.set_title('stage 2: layerwise imitation')
   ax_imi.grid(alpha=0.3)
-  if results.get('imitate'):
+  if any(known[s].budget_role == 'imitation' for s in results if s in known):
     ax_imi.legend()
   if downstream:
     ax = axes[2]

@@ -19,6 +19,7 @@ from gwtn_jax import models
 from gwtn_jax import pipeline
 from gwtn_jax import report as report_lib
 from gwtn_jax.methods import base
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks
 from gwtn_jax.methods.imitation import Imitation
 from gwtn_jax.train import loop
@@ -81,7 +82,7 @@ def test_downstream_starts_from_the_pretrained_encoder(bert_run):
   exp = builders.build_experiment(config)
   gwtn = loop.load_stage_output(os.path.join(workdir, 'stages', 'seed0', 'finetune'), exp.thin,
                                 exp.task, exp.mesh, exp.rules)
-  method, _ = builders.build_downstream_method(config, 'thin', exp)
+  method, _ = builders.build_method(config, 'downstream', exp, role='thin')
   variables = nn.meta.unbox(method.init(jax.random.key(0), exp.downstream.task.sample_batch(),
                                         gwtn))
   np.testing.assert_array_equal(variables['params']['embedder']['word']['embedding'],
@@ -201,7 +202,7 @@ def test_bad_bert_configs_are_refused(overrides, match, tmp_path):
 
 
 def test_downstream_needs_a_bert(tmp_path):
-  config = tiny_config(stages=config_lib.IMAGE_STAGES + ('downstream',))
+  config = tiny_config(stages=registry.methods()['gwtn'] + ('downstream',))
   _refused(config, tmp_path, r"'downstream' fine-tunes BERTs.*'cifar_resnet8' is not a BERT")
 
 
@@ -235,7 +236,7 @@ def test_bert_configs_build(name):
   # Equal budgets: the controls get what imitation and stage 3 get.
   model = models.get_bert(config.model.name, vocab_size=100)
   points = model.num_layers + 1
-  assert (config_lib.stage_steps(config, 'thin_scratch', points)
+  assert (config_lib.stage_steps(config, 'thin_scratch', model)
           == points * config.imitate.steps_per_point + config.finetune.steps)
   if arg == 'devices=256':
     assert config.batch_size == 8192

@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 from conftest import tiny_config
 from gwtn_jax import builders
 from gwtn_jax import config_lib
+from gwtn_jax.methods import registry
 from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import loop
 from gwtn_jax.train import optim
@@ -36,7 +37,7 @@ def first_losses(config):
     tx, _ = optim.make_optimizer(config[stage].optimizer, sum(p.steps for p in phases))
     rng, sample = jax.random.key(0), task.sample_batch()
     _, state_shardings = state_lib.abstract_state(method, tx, rng, sample, None, mesh, rules)
-    uses_teacher = stage in config_lib.NEEDS_TEACHER
+    uses_teacher = registry.get(stage).teacher
     for phase in {phases[0].name: phases[0], phases[-1].name: phases[-1]}.values():
       state = state_lib.create_state(method, tx, rng, sample, None, state_shardings)
       step = loop.jit_train_step(method, phase, tx, rng, mesh, rules, state_shardings,

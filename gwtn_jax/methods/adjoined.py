@@ -62,7 +62,9 @@ import numpy as np
 from flax import traverse_util
 
 from gwtn_jax.methods import base
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
+from gwtn_jax.methods.supervised import Supervised
 from gwtn_jax.models import resnet
 
 COUNTER = 'adjoined'  # the collection of the step counter
@@ -405,3 +407,100 @@ class Dan(_AdjoinedMethod):
   def summary(self, variables):
     """The read-out widths (JSON), from which AN then trains the found network."""
     return dataclasses.asdict(self.read_out(variables))
+
+
+# ----------------------------------------------------------------------------------------------
+# AN's and DAN's stages (gwtn_jax.methods.registry). The wide architecture is the big network;
+# the small one is adjoined to it. With steps -1 each is as long as GWTN's stages 2 + 3.
+
+
+def _epoch_steps(ctx: registry.BuildContext) -> int:
+  """The stage's epoch in steps: its `epoch_steps`, else one pass over the train split."""
+  if ctx.config[ctx.stage].epoch_steps:
+    return ctx.config[ctx.stage].epoch_steps
+  if ctx.exp.data is None:  # planning: lambda's schedule does not change the memory
+    return 1
+  return max(1, ctx.exp.data.info.num_train // ctx.batch_size)
+
+
+def _an_widths(config, big: resnet.ResNet) -> resnet.WidthPlan:
+  """AN's small network: `adjoined.cf` wherever convs exceed `adjoined.threshold` channels."""
+  return adjoined_widths(big, config.adjoined.cf, config.adjoined.threshold)
+
+
+def _check_epoch_steps(config, stage: str) -> None:
+  if config[stage].epoch_steps < 0:
+    raise ValueError(f'{stage}.epoch_steps={config[stage].epoch_steps} must be >= 0 '
+                     '(0: one pass)')
+
+
+def _check_images(config, thin, stage: str) -> None:
+  if not isinstance(thin, resnet.ResNet):
+    raise ValueError(f"stages: '{stage}' (Adjoined Networks) applies to ResNets; "
+                     f'model.name={config.model.name!r} is a BERT')
+
+
+def _check_an_widths(config, wide) -> None:
+  try:
+    _an_widths(config, wide)
+  except ValueError as e:  # names `cf=...`
+    raise ValueError(f'adjoined.{e}') from None
+
+
+def _check_stage(stage: str, epochs: bool = True, widths: bool = True):
+  def check(config, thin, wide) -> None:
+    _check_images(config, thin, stage)
+    if epochs:
+      _check_epoch_steps(config, stage)
+    if widths:
+      _check_an_widths(config, wide)
+  return check
+
+
+def _check_dan(config, thin, wide) -> None:
+  _check_stage('dan', widths=False)(config, thin, wide)
+  c = config.dan
+  if not 0 < c.tau_end <= c.tau_start:
+    raise ValueError(f'dan.tau_start={c.tau_start}, dan.tau_end={c.tau_end}: need '
+                     '0 < tau_end <= tau_start')
+  if c.gamma < 0:
+    raise ValueError(f'dan.gamma={c.gamma} must be >= 0')
+  if not adjoined_groups(wide, c.threshold):
+    raise ValueError(f'dan.threshold={c.threshold}: no conv of the wide network has more input '
+                     'and output channels, so there is no width to search')
+
+
+def _build_adjoined(ctx: registry.BuildContext):
+  wide = ctx.exp.wide
+  small = (resnet.WidthPlan(**ctx.found) if ctx.found is not None
+           else _an_widths(ctx.config, wide))  # planning DAN's: AN's cf widths stand in
+  method = Adjoined(wide, ctx.exp.task, ctx.steps, small, _epoch_steps(ctx))
+  return method, wide.clone(widths=small)
+
+
+def _build_small_scratch(ctx: registry.BuildContext):
+  small = ctx.exp.wide.clone(widths=_an_widths(ctx.config, ctx.exp.wide))
+  return Supervised(small, ctx.exp.task, ctx.steps), small
+
+
+def _build_dan(ctx: registry.BuildContext):
+  c = ctx.config.dan
+  return Dan(ctx.exp.wide, ctx.exp.task, ctx.steps, _epoch_steps(ctx), gamma=c.gamma,
+             tau0=c.tau_start, tau_min=c.tau_end, threshold=c.threshold), ctx.exp.wide
+
+
+_EQUAL = registry.BUDGET_ROLES
+registry.stage(name='adjoined', order=80, build=_build_adjoined, steps_as=_EQUAL,
+               check=_check_stage('adjoined'), report='small_an',
+               claims=(('small_scratch', 'AN claims better'),))
+# AN's control: its small network (the same widths) trained alone, as long.
+registry.stage(name='small_scratch', order=90, build=_build_small_scratch, steps_as=_EQUAL,
+               check=_check_stage('small_scratch', epochs=False),
+               report='small_scratch')
+registry.method('adjoined', 30, ('adjoined', 'small_scratch'))
+registry.stage(name='dan', order=100, build=_build_dan, steps_as=_EQUAL, check=_check_dan)
+# AN retraining of the widths DAN found (its summary).
+registry.stage(name='dan_adjoined', order=110, build=_build_adjoined, arch_from='dan',
+               steps_as=_EQUAL, check=_check_stage('dan_adjoined'),
+               report='small_dan')
+registry.method('dan', 40, ('dan', 'dan_adjoined'), compared=False)

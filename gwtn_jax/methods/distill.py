@@ -10,6 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
 from gwtn_jax.methods.supervised import Supervised
 
@@ -33,3 +34,17 @@ class Distill(Supervised):
     kd = self.task.kd(logits, teacher_logits, batch, self.temperature)
     loss = (1.0 - self.alpha) * task_loss + self.alpha * kd
     return loss, (state, dict(metrics, task_loss=task_loss, kd=kd))
+
+
+def _build_kd(ctx: registry.BuildContext):
+  cfg = ctx.config[ctx.stage]
+  return Distill(ctx.exp.thin, ctx.exp.wide, ctx.exp.task, ctx.steps, alpha=cfg.alpha,
+                 temperature=cfg.temperature), ctx.exp.thin
+
+
+# The baseline every method is compared with: the thin network with KD alone, as long as
+# GWTN's stages 2 + 3.
+registry.stage(name='thin_kd', order=20, build=_build_kd, teacher=True,
+               steps_as=registry.BUDGET_ROLES, report='thin_kd', downstream=True,
+               color='tab:orange')
+registry.method('kd', 10, ('thin_kd',))

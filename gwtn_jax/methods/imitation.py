@@ -30,7 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gwtn_jax.methods import base
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
+from gwtn_jax.methods.distill import Distill
+from gwtn_jax.methods.supervised import Supervised
 
 
 def num_imitated_points(thin: nn.Module, config) -> int:
@@ -301,3 +304,51 @@ class Imitation(base.Method):
     sums = {f'mse/{name}': jnp.sum(v * mask) for name, v in losses.items()}
     sums.update(imitation_loss=jnp.sum(total * mask), count=jnp.sum(mask))
     return sums
+
+
+# ----------------------------------------------------------------------------------------------
+# GWTN's stages (gwtn_jax.methods.registry): stage 2 (imitate), its probe, stage 3 (finetune).
+
+
+def _imitate_length(config, thin: nn.Module) -> int:
+  if config.imitate.schedule == 'one_shot':
+    return config.imitate.steps
+  return config.imitate.steps_per_point * num_imitated_points(thin, config.imitate)
+
+
+def _check_imitate(config, thin: nn.Module, wide: nn.Module) -> None:
+  if config.imitate.schedule == 'one_shot':
+    steps = config.imitate.steps
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+      raise ValueError(f'imitate.steps={steps!r} must be a positive integer')
+  imitated_points(thin, wide, config.imitate)
+
+
+def _build_imitate(ctx: registry.BuildContext):
+  return Imitation(ctx.exp.thin, ctx.exp.wide, ctx.exp.task, ctx.config.imitate), ctx.exp.thin
+
+
+def _build_probe(ctx: registry.BuildContext):
+  thin = ctx.exp.thin
+  return Supervised(thin, ctx.exp.task, ctx.steps, trainable_modules=thin.head_modules()), thin
+
+
+def _build_finetune(ctx: registry.BuildContext):
+  cfg = ctx.config.finetune
+  return Distill(ctx.exp.thin, ctx.exp.wide, ctx.exp.task, ctx.steps, alpha=cfg.alpha,
+                 temperature=cfg.temperature), ctx.exp.thin
+
+
+registry.stage(name='imitate', order=30, build=_build_imitate, teacher=True,
+               budget_role='imitation', length=_imitate_length, check=_check_imitate)
+# The thin network right after imitation, its head fitted on frozen features: for the report,
+# not part of GWTN's budget.
+registry.stage(name='probe', order=40, build=_build_probe, init_from='imitate',
+               report='thin_imitated', report_budget=('imitate',), color='tab:purple',
+               label='thin_imitated (probe)', curve_after='imitate')
+registry.stage(name='finetune', order=50, build=_build_finetune, teacher=True,
+               init_from='imitate', budget_role='finetuning', report='thin_gwtn',
+               report_budget=('imitate', 'finetune'), downstream=True,
+               claims=(('thin_scratch', 'GWTN claims better'), ('thin_kd', 'GWTN claims better')),
+               color='tab:green', label='thin_gwtn (imitate + finetune)', curve_after='imitate')
+registry.method('gwtn', 0, ('imitate', 'probe', 'finetune'), includes=('scratch', 'kd'))

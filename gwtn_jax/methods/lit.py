@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from gwtn_jax.methods import base
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
+from gwtn_jax.methods.distill import Distill
 
 
 def lit_sections(student: nn.Module, teacher: nn.Module, num_sections: int = 0
@@ -169,3 +171,38 @@ class Lit(base.Method):
     del phase, teacher
     logits, _ = self.task.outputs(self.student, variables, batch, train=False)
     return self.task.eval_sums(logits, batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# LIT's stages (gwtn_jax.methods.registry): phase 1 (lit) and phase 2 (KD, lit_finetune).
+
+
+def _check_lit(config, thin: nn.Module, wide: nn.Module) -> None:
+  cfg = config.lit
+  if not 0 <= cfg.beta <= 1:
+    raise ValueError(f'lit.beta={cfg.beta} must be in [0, 1]')
+  if not (isinstance(cfg.sections, int) and cfg.sections >= 0):
+    raise ValueError(f'lit.sections={cfg.sections!r} must be an integer >= 0 (0: the stages)')
+  Lit(thin, wide, None, 1, cfg)  # the sections and their widths
+
+
+def _build_lit(ctx: registry.BuildContext):
+  return Lit(ctx.exp.thin, ctx.exp.wide, ctx.exp.task, ctx.steps, ctx.config.lit), ctx.exp.thin
+
+
+def _build_lit_finetune(ctx: registry.BuildContext):
+  """LIT's phase 2: KD alone (its alpha and temperature), the whole student trained."""
+  cfg = ctx.config.lit
+  return Distill(ctx.exp.thin, ctx.exp.wide, ctx.exp.task, ctx.steps, alpha=cfg.alpha,
+                 temperature=cfg.temperature), ctx.exp.thin
+
+
+# Phase 1 starts from the teacher's variables (its stem and head are copied); with steps -1
+# the phases are as long as GWTN's stages 2 and 3.
+registry.stage(name='lit', order=60, build=_build_lit, teacher=True,
+               init_from=registry.TEACHER, steps_as=('imitation',), check=_check_lit)
+registry.stage(name='lit_finetune', order=70, build=_build_lit_finetune, teacher=True,
+               init_from='lit', steps_as=('finetuning',), report='thin_lit',
+               report_budget=('lit', 'lit_finetune'), downstream=True,
+               claims=(('thin_kd', 'LIT claims better'),))
+registry.method('lit', 20, ('lit', 'lit_finetune'))

@@ -10,7 +10,9 @@ import flax.linen as nn
 import jax
 
 from gwtn_jax.methods import base
+from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
+from gwtn_jax.models import bert as bert_lib
 
 
 class Supervised(base.Method):
@@ -60,3 +62,46 @@ class Supervised(base.Method):
   def eval_metrics(self, phase, variables, teacher, batch):
     logits, _ = self.task.outputs(self.model, variables, batch, train=False)
     return self.task.eval_sums(logits, batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages (gwtn_jax.methods.registry).
+
+
+def _build_wide(ctx: registry.BuildContext):
+  return Supervised(ctx.exp.wide, ctx.exp.task, ctx.steps), ctx.exp.wide
+
+
+def _build_scratch(ctx: registry.BuildContext):
+  return Supervised(ctx.exp.thin, ctx.exp.task, ctx.steps), ctx.exp.thin
+
+
+def _build_downstream(ctx: registry.BuildContext):
+  """Fine-tuning a pre-trained network (thin or wide) on the downstream task.
+
+  It starts from the pre-trained encoder; the pooler and classifier start fresh and the MLM
+  head is dropped.
+  """
+  down = ctx.exp.downstream
+  model = down.thin if ctx.role == 'thin' else down.wide
+  return Supervised(model, down.task, ctx.steps, partial_init=True), model
+
+
+def _check_downstream(config, thin, wide) -> None:
+  del wide
+  if not isinstance(thin, bert_lib.Bert):
+    raise ValueError(f"stages: 'downstream' fine-tunes BERTs on a text task; model.name="
+                     f'{config.model.name!r} is not a BERT')
+
+
+# Stage 1: the wide network, every other stage's teacher, trained once.
+registry.stage(name='wide', order=0, build=_build_wide, provides_teacher=True, role='wide',
+               report='wide', downstream=True, color='black')
+# The control of every thin method: the thin network from scratch, as long as GWTN's 2 + 3.
+registry.stage(name='thin_scratch', order=10, build=_build_scratch,
+               steps_as=registry.BUDGET_ROLES, report='thin_scratch', downstream=True,
+               color='tab:blue')
+registry.method('scratch', 50, ('thin_scratch',))
+# BERT only: every network of the run fine-tuned on the downstream task, equally long.
+registry.stage(name='downstream', order=1000, build=_build_downstream, per_network=True,
+               check=_check_downstream)

@@ -154,10 +154,6 @@ def under_rules(fn, mesh: Mesh, rules):
   return wrapped
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-  return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
-
-
 def put_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles the global batch from this process's slice of it, sharded over the batch axes."""
   sharding = batch_sharding(mesh)

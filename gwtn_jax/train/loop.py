@@ -38,7 +38,6 @@ from gwtn_jax.train import preemption as preemption_lib
 from gwtn_jax.train import state as state_lib
 
 RESULT_FILE = layout.RESULT_FILE
-NONFINITE_POLICIES = ('stop', 'skip')
 
 
 class NonFiniteError(RuntimeError):
