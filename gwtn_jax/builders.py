@@ -118,7 +118,7 @@ def build_experiment(config, static: bool = False) -> Experiment:
       mesh=mesh, rules=rules, data=data,
       task=tasks.MaskedLM(seq_len, max_predictions(seq_len, config.data.mask_rate)),
       thin=build_model(config, 'thin', 0, vocab), wide=build_model(config, 'wide', 0, vocab))
-  if any(registry.get(s).per_network for s in config_lib.stages_of(config)):
+  if set(registry.per_network_stages()) & set(config_lib.stages_of(config)):
     down = None if static else data_lib.build_classify_data(
         config.downstream, data, plays=config.data.plays, **where)
     classes = info.downstream_classes if static else down.info.num_classes

@@ -28,8 +28,7 @@ def stages_of(config) -> tuple[str, ...]:
   if config.method not in methods:
     raise ConfigError(f'method={config.method!r} is unknown; choose one of '
                       f'{tuple(methods)} (or list stages)')
-  per_network = tuple(n for n, s in registry.stages().items() if s.per_network)
-  return methods[config.method] + (per_network if is_text(config) else ())
+  return methods[config.method] + (registry.per_network_stages() if is_text(config) else ())
 
 IMITATION_GRANULARITIES = ('block', 'stage')
 IMITATION_SCHEDULES = ('progressive', 'one_shot')
@@ -428,9 +427,9 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
     source = known[stage].init_from or known[stage].arch_from
     _require(source in ('', registry.TEACHER) or source in stages,
              f"stages: '{stage}' starts from the output of '{source}', which is not in stages")
-  teacher_stage = next(n for n, s in known.items() if s.provides_teacher)
+  teacher_stage = registry.teacher_stage()
   if teacher_stage not in stages:
-    if any(known[s].teacher or known[s].init_from == registry.TEACHER for s in stages):
+    if any(known[s].reads_teacher for s in stages):
       _require(bool(config.teacher_dir),
                f"teacher_dir is empty but stages has no '{teacher_stage}'; give the stage folder "
                f"of a trained wide network (WORKDIR/stages/{teacher_stage}) or add "
@@ -459,7 +458,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
       pass
     elif is_text(config):
       data_lib.check_text_config(config.data)
-      if any(registry.get(s).per_network for s in stages):  # the downstream task's data
+      if set(registry.per_network_stages()) & set(stages):  # the downstream task's data
         data_lib.check_classify_config(config.downstream)
         _require(config.downstream.name != 'verse_prose' or config.data.name == 'shakespeare',
                  "downstream.name='verse_prose' is a task on the Shakespeare plays; it needs "
@@ -574,7 +573,7 @@ def _check_shardings(config, sizes) -> None:
                  tasks.MaskedLM(info.seq_len, 1))
                 for role in builders.ROLES
                 for classes in ((0, info.downstream_classes)
-                                if any(registry.get(s).per_network for s in stages_of(config))
+                                if set(registry.per_network_stages()) & set(stages_of(config))
                                 else (0,))]
   else:
     networks = [(role, builders.build_model(config, role, info.num_classes),

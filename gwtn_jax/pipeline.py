@@ -115,7 +115,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
   """
   stages = config_lib.stages_of(config)
   known = registry.stages()
-  teacher_stage = next(n for n, s in known.items() if s.provides_teacher)
+  teacher_stage = registry.teacher_stage()
   per_network = [s for s in stages if known[s].per_network]
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
@@ -128,8 +128,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
         **stage_kwargs(teacher_stage))
     results[teacher_stage] = [result]
     teacher = result.variables
-  elif any(known[s].teacher or known[s].init_from == registry.TEACHER
-           for s in stages) or config.teacher_dir:
+  elif any(known[s].reads_teacher for s in stages) or config.teacher_dir:
     teacher = loop.load_stage_output(config.teacher_dir, exp.wide, exp.task, exp.mesh, exp.rules)
     done = loop.read_result(config.teacher_dir)
     if done is not None:

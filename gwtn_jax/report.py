@@ -76,7 +76,7 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
   """
   report: dict[str, Any] = {}
   flops_cache: dict[str, int] = {}
-  per_network = next((n for n, s in registry.stages().items() if s.per_network), '')
+  per_network = next(iter(registry.per_network_stages()), '')
   for stage, (key, budget) in report_keys.items():
     if stage not in results:
       continue

@@ -85,6 +85,11 @@ class Stage:
   label: str = ''
   curve_after: str = ''
 
+  @property
+  def reads_teacher(self) -> bool:
+    """It needs the teacher: as a teacher, or as the variables it starts from."""
+    return self.teacher or self.init_from == TEACHER
+
 
 _STAGES: dict[str, Stage] = {}
 _METHODS: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
@@ -157,14 +162,24 @@ def methods() -> Mapping[str, tuple[str, ...]]:
   everything = stages()
 
   def ordered(chosen: set[str]) -> tuple[str, ...]:
-    if any(everything[s].teacher or everything[s].init_from == TEACHER for s in chosen):
-      chosen |= {n for n, s in everything.items() if s.provides_teacher}
+    if any(everything[s].reads_teacher for s in chosen):
+      chosen.add(teacher_stage())
     return tuple(n for n in everything if n in chosen)
 
   out = {name: ordered(_stages_of(name))
          for name in sorted(_METHODS, key=lambda m: _METHODS[m][0])}
   out['compare'] = ordered(set().union(*(_stages_of(m) for m in _COMPARED)))
   return out
+
+
+def teacher_stage() -> str:
+  """The stage that trains the teacher."""
+  return next(n for n, s in stages().items() if s.provides_teacher)
+
+
+def per_network_stages() -> tuple[str, ...]:
+  """The stages that fine-tune every network of a run (a BERT's downstream task)."""
+  return tuple(n for n, s in stages().items() if s.per_network)
 
 
 def with_role(role: str) -> tuple[str, ...]:
