@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from gwtn_jax import config_lib
+from gwtn_jax.config import schema as config_lib
 from gwtn_jax import data as data_lib
 from gwtn_jax import models
 from gwtn_jax.methods import base

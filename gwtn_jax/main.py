@@ -47,7 +47,7 @@ def _parse_flags(argv):
     hint = re.search(r'Did you mean "([^"]+)"', text)
     message = (f"--config: no such field '{field.group(1) if field else text}'" +
                (f' (did you mean "{hint.group(1)}"?)' if hint else '') +
-               '; gwtn_jax/config_lib.py lists the fields')
+               '; gwtn_jax/config/schema.py lists the fields')
   except (flags.Error, OSError, ValueError, TypeError) as e:
     text = str(e).strip()
     if 'Traceback' in text:  # the config file's get_config raised: its last line says why

@@ -21,7 +21,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gwtn_jax import builders
-from gwtn_jax import config_lib
+from gwtn_jax.config import schema as config_lib
+from gwtn_jax.config import validation
+from gwtn_jax.config import workdir as workdir_lib
 from gwtn_jax import report as report_lib
 from gwtn_jax import storage
 from gwtn_jax.methods import registry
@@ -48,7 +50,7 @@ def _spec(config, stage: str, name: str, method, model, task, init_seed: int, da
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    storage.write_text(os.path.join(workdir, config_lib.CONFIG_FILE),
+    storage.write_text(os.path.join(workdir, workdir_lib.CONFIG_FILE),
                        config.to_json_best_effort(indent=1, sort_keys=True))
 
 
@@ -79,7 +81,7 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   Raises:
     config_lib.ConfigError: a refused config, before anything is read or compiled.
   """
-  config_lib.validate(config, workdir)
+  validation.validate(config, workdir)
   if start_over:
     moved = set_aside(workdir)
     if moved:
@@ -87,7 +89,7 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
     if jax.process_count() > 1:
       # The others read the workdir's config.json next: only once process 0 has moved it.
       multihost_utils.sync_global_devices('gwtn_jax: --start_over')
-  config_lib.check_workdir_config(config, workdir)
+  workdir_lib.check_workdir_config(config, workdir)
   _write_config(config, workdir)
 
   exp = builders.build_experiment(config)

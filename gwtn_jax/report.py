@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gwtn_jax import config_lib
+from gwtn_jax.config import schema as config_lib
 from gwtn_jax import storage
 from gwtn_jax.methods import registry
 

@@ -1,0 +1,251 @@
+"""The check of a whole config before any data is read or anything is compiled.
+
+First the generic fields (stages and their order, seeds, widths, batch sizes, optimizers,
+mesh), then each stage's own check from the registry (`Stage.check`), then the data's and the
+model's. Every refusal is a `ConfigError` of one line that names the field (or path).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+
+from gwtn_jax import builders
+from gwtn_jax import data as data_lib
+from gwtn_jax import storage
+from gwtn_jax.config import workdir as workdir_lib
+from gwtn_jax.config.schema import ConfigError
+from gwtn_jax.config.schema import DTYPES
+from gwtn_jax.config.schema import IMITATION_GRANULARITIES
+from gwtn_jax.config.schema import IMITATION_INPUTS
+from gwtn_jax.config.schema import IMITATION_LOSS_ON
+from gwtn_jax.config.schema import IMITATION_SCHEDULES
+from gwtn_jax.config.schema import is_text
+from gwtn_jax.config.schema import stage_steps
+from gwtn_jax.config.schema import stage_value
+from gwtn_jax.config.schema import stages_of
+from gwtn_jax.methods import registry
+from gwtn_jax.methods import tasks
+from gwtn_jax.parallel import mesh as mesh_lib
+from gwtn_jax.train import layout
+from gwtn_jax.train import optim
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _check_positive_int(value, field: str, allow: Sequence[int] = ()) -> None:
+  _require(isinstance(value, int) and not isinstance(value, bool) and (value > 0 or value in allow),
+           f'{field}={value!r} must be a positive integer' + (f' or one of {tuple(allow)}' if allow else ''))
+
+
+def _check_optimizer(opt, field: str) -> None:
+  _require(opt.name in optim.OPTIMIZERS, f'{field}.name={opt.name!r} is unknown; choose one of {optim.OPTIMIZERS}')
+  _require(opt.schedule in optim.SCHEDULES,
+           f'{field}.schedule={opt.schedule!r} is unknown; choose one of {optim.SCHEDULES}')
+  _require(opt.learning_rate > 0, f'{field}.learning_rate={opt.learning_rate} must be > 0')
+  _require(opt.weight_decay >= 0, f'{field}.weight_decay={opt.weight_decay} must be >= 0')
+  _require(0 <= opt.momentum < 1, f'{field}.momentum={opt.momentum} must be in [0, 1)')
+  _require(opt.warmup_steps >= 0, f'{field}.warmup_steps={opt.warmup_steps} must be >= 0')
+  _require(opt.weight_decay_on in ('all', 'kernels'),
+           f"{field}.weight_decay_on={opt.weight_decay_on!r} must be 'all' or 'kernels'")
+  _require(all(0 < b < 1 for b in opt.decay_boundaries),
+           f'{field}.decay_boundaries={tuple(opt.decay_boundaries)} must be fractions in (0, 1)')
+
+
+def check_teacher_dir(teacher_dir: str) -> None:
+  """`teacher_dir` must hold a finished stage: its result.json and a complete final/."""
+  try:
+    if storage.is_remote(teacher_dir):
+      storage.check_endpoint(f'teacher_dir={teacher_dir}')
+    reason = storage.with_deadline(f'teacher_dir={teacher_dir}',
+                                   lambda: layout.unfinished_reason(teacher_dir))
+  except storage.StorageError as e:
+    raise ConfigError(str(e)) from None
+  except Exception as e:  # pylint: disable=broad-except
+    reason = f'cannot be read ({type(e).__name__}: {" ".join(str(e).split())[:200]})'
+  _require(reason is None, f'teacher_dir={teacher_dir}: {reason}')
+
+
+def validate(config, workdir: str | None, data: bool = True) -> None:
+  """Checks a whole config before any data is read or anything is compiled.
+
+  Args:
+    config: the config.
+    workdir: the run's folder (None: not checked, for the planner).
+    data: check that the datasets exist (False: the planner, which reads none).
+
+  Raises:
+    ConfigError: one line naming the field (or path) and what to do.
+  """
+
+  if workdir is not None:
+    workdir_lib.check_workdir(workdir)
+  stages = stages_of(config)
+  known = registry.stages()
+  names = tuple(known)
+  for stage in stages:
+    _require(stage in known, f'stages: {stage!r} is unknown; choose from {names}')
+  _require(len(set(stages)) == len(stages), f'stages={stages} lists a stage twice')
+  order = [names.index(s) for s in stages]
+  _require(order == sorted(order), f'stages={stages} is out of order; the order is {names}')
+  for stage in stages:
+    source = known[stage].init_from or known[stage].arch_from
+    _require(source in ('', registry.TEACHER) or source in stages,
+             f"stages: '{stage}' starts from the output of '{source}', which is not in stages")
+  teacher_stage = registry.teacher_stage()
+  if teacher_stage not in stages:
+    if any(known[s].reads_teacher for s in stages):
+      _require(bool(config.teacher_dir),
+               f"teacher_dir is empty but stages has no '{teacher_stage}'; give the stage folder "
+               f"of a trained wide network (WORKDIR/stages/{teacher_stage}) or add "
+               f"'{teacher_stage}' to stages")
+    if config.teacher_dir:
+      check_teacher_dir(config.teacher_dir)
+
+  seeds = tuple(config.seeds)
+  _require(len(seeds) > 0 and all(isinstance(s, int) for s in seeds),
+           f'seeds={seeds} must be a non-empty list of integers')
+  _require(len(set(seeds)) == len(seeds), f'seeds={seeds} repeats a seed')
+
+  _require(config.model.dtype in DTYPES, f'model.dtype={config.model.dtype!r} must be one of {DTYPES}')
+  for field in ('thin_width', 'wide_width'):
+    _require(config[field] > 0, f'{field}={config[field]} must be > 0')
+  if config.model.wide_name:
+    _require(is_text(config) == config.model.wide_name.startswith('bert'),
+             f'model.wide_name={config.model.wide_name!r} and model.name={config.model.name!r} '
+             'must both be BERTs or both ResNets')
+  _require(config.wide_width >= config.thin_width or bool(config.model.wide_name),
+           f'wide_width={config.wide_width} is below thin_width={config.thin_width}; the wide '
+           'network is the teacher and must be at least as wide')
+
+  try:
+    if not data:
+      pass
+    elif is_text(config):
+      data_lib.check_text_config(config.data)
+      if set(registry.per_network_stages()) & set(stages):  # the downstream task's data
+        data_lib.check_classify_config(config.downstream)
+        _require(config.downstream.name != 'verse_prose' or config.data.name == 'shakespeare',
+                 "downstream.name='verse_prose' is a task on the Shakespeare plays; it needs "
+                 f"data.name='shakespeare' (not {config.data.name!r}) or a tfds downstream task")
+    else:
+      data_lib.check_data_config(config.data)
+  except ValueError as e:
+    message = str(e)
+    if is_text(config) and config.data.name == 'tfds' and 'not prepared' in message:
+      message += ('; or use the embedded Shakespeare corpus: --config.data.name=shakespeare '
+                  '--config.downstream.name=verse_prose (a few-minute run: the config\'s '
+                  '\':smoke\' variant)')
+    raise ConfigError(message) from None
+  try:
+    thin = builders.build_model(config, 'thin', num_classes=10, vocab_size=1000)
+    wide = builders.build_model(config, 'wide', num_classes=10, vocab_size=1000)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if is_text(config):
+    _require(config.data.seq_len <= config.model.max_position,
+             f'data.seq_len={config.data.seq_len} exceeds model.max_position='
+             f'{config.model.max_position}')
+    for field in ('dropout_rate', 'attention_dropout_rate'):
+      _require(0 <= config.model[field] < 1, f'model.{field}={config.model[field]} must be in [0, 1)')
+  for field, model in (('thin_width', thin), ('wide_width', wide)):
+    try:
+      model.point_channels()
+    except ValueError as e:
+      raise ConfigError(str(e).replace('model.width_multiplier', field)) from None
+
+  _check_positive_int(config.batch_size, 'batch_size')
+  _check_positive_int(config.eval_batch_size, 'eval_batch_size')
+  for field in ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+    _check_positive_int(config[field], field)
+
+  timeout = config.checkpoint_timeout_s
+  _require(isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0,
+           f'checkpoint_timeout_s={timeout} must be a finite number of seconds > 0')
+  _require(config.on_nonfinite in ('stop', 'skip'),
+           f"on_nonfinite={config.on_nonfinite!r} must be 'stop' or 'skip'")
+
+  imitate = config.imitate
+  _require(imitate.granularity in IMITATION_GRANULARITIES,
+           f'imitate.granularity={imitate.granularity!r} must be one of {IMITATION_GRANULARITIES}')
+  _require(imitate.schedule in IMITATION_SCHEDULES,
+           f'imitate.schedule={imitate.schedule!r} must be one of {IMITATION_SCHEDULES}')
+  _require(imitate.loss_on in IMITATION_LOSS_ON,
+           f'imitate.loss_on={imitate.loss_on!r} must be one of {IMITATION_LOSS_ON}')
+  _require(imitate.inputs in IMITATION_INPUTS,
+           f'imitate.inputs={imitate.inputs!r} must be one of {IMITATION_INPUTS}')
+  # Every equal budget counts imitation's steps, so they are checked whatever the stages.
+  _check_positive_int(imitate.steps_per_point, 'imitate.steps_per_point')
+  for stage in stages:
+    if known[stage].check is not None:
+      try:
+        known[stage].check(config, thin, wide)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
+  for stage in stages:
+    stage_cfg = config[stage]
+    declared = known[stage]
+    if declared.length is None:
+      _check_positive_int(stage_cfg.steps, f'{stage}.steps',
+                          allow=(-1,) if declared.steps_as else ())
+    _require(stage_cfg.batch_size >= 0, f'{stage}.batch_size={stage_cfg.batch_size} must be >= 0')
+    _check_optimizer(stage_cfg.optimizer, f'{stage}.optimizer')
+    if 'alpha' in stage_cfg:
+      _require(0 <= stage_cfg.alpha <= 1, f'{stage}.alpha={stage_cfg.alpha} must be in [0, 1]')
+      _require(stage_cfg.temperature > 0, f'{stage}.temperature={stage_cfg.temperature} must be > 0')
+    if declared.steps_as and stage_cfg.steps == -1:
+      for other in (o for role in declared.steps_as for o in registry.with_role(role)):
+        if known[other].length is None:
+          _require(config[other].steps > 0,
+                   f'{stage}.steps=-1 needs {other}.steps > 0 to count the equal budget')
+    try:
+      stage_steps(config, stage, thin)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+  try:
+    num_devices = config.mesh.num_devices or jax.device_count()
+    _require(num_devices <= jax.device_count(),
+             f'mesh.num_devices={num_devices} but only {jax.device_count()} devices exist')
+    sizes = mesh_lib.resolve_mesh_shape(dict(config.mesh.shape), num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  dp = sizes['data'] * sizes['fsdp']
+  for stage in stages:
+    batch = stage_value(config, stage, 'batch_size')
+    _require(batch % dp == 0,
+             f'{stage}.batch_size={batch} is not divisible by the {dp} data-parallel devices '
+             f'(mesh data x fsdp)')
+  _require(config.eval_batch_size % dp == 0,
+           f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')
+  _check_shardings(config, sizes)
+
+
+def _check_shardings(config, sizes) -> None:
+  """Every network's parameters split evenly under the mesh rules (traced, not compiled)."""
+  info = builders.static_data_info(config)
+  rules = mesh_lib.rules_from_config(config.mesh.rules)
+  if is_text(config):
+    networks = [(role, builders.build_model(config, role, classes, info.vocab_size),
+                 tasks.SequenceClassification(info.seq_len) if classes else
+                 tasks.MaskedLM(info.seq_len, 1))
+                for role in builders.ROLES
+                for classes in ((0, info.downstream_classes)
+                                if set(registry.per_network_stages()) & set(stages_of(config))
+                                else (0,))]
+  else:
+    networks = [(role, builders.build_model(config, role, info.num_classes),
+                 tasks.ImageClassification(info.image_shape)) for role in builders.ROLES]
+  for role, model, task in networks:
+    boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
+                           task.sample_batch())
+    try:
+      mesh_lib.check_divisible(boxed, sizes, rules, f'the {role} network')
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
