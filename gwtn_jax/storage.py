@@ -288,7 +288,9 @@ def check_writable_folder(p: str, what: str = '--workdir') -> None:
 
   def probe():
     folder = path(p)
-    if folder.is_file():
+    # A folder on Cloud Storage is a prefix; another host may be writing under it (and some
+    # servers then also answer for the bare name): an object is one with nothing under it.
+    if folder.is_file() and not folder.is_dir():
       raise StorageError(f'{what}={p} is a file (an object), not a folder; choose a folder')
     makedirs(p)
     target = folder / probe_name
