@@ -97,7 +97,8 @@ def path(p: str) -> epath.Path:
   return epath.Path(resolve(p))
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+  """An error as 'Type: message' on one line, at most 200 characters of message."""
   text = ' '.join(str(error).split()) or type(error).__name__
   return f'{type(error).__name__}: {text[:200]}'
 
@@ -130,10 +131,6 @@ def makedirs(p: str) -> None:
 
 def read_text(p: str) -> str:
   return path(p).read_text()
-
-
-def read_bytes(p: str) -> bytes:
-  return path(p).read_bytes()
 
 
 def write_bytes(p: str, data: bytes) -> None:
@@ -266,7 +263,7 @@ def check_endpoint(what: str) -> None:
   try:
     socket.create_connection((url.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
   except OSError as e:
-    reason = 'timed out' if isinstance(e, TimeoutError) else (e.strerror or _one_line(e))
+    reason = 'timed out' if isinstance(e, TimeoutError) else (e.strerror or one_line(e))
     raise StorageError(f'{what}: cannot connect to Cloud Storage at {url.hostname}:{port} '
                        f'({reason}); check the network, or STORAGE_EMULATOR_HOST if you use '
                        'a local server') from None
@@ -304,12 +301,12 @@ def check_writable_folder(p: str, what: str = '--workdir') -> None:
   except StorageError:
     raise
   except OSError as e:
-    reason = e.strerror or _one_line(e)
+    reason = e.strerror or one_line(e)
     if is_remote(p) and isinstance(e, FileNotFoundError):
       reason = f'the bucket {p.split("://", 1)[1].split("/", 1)[0]!r} does not exist'
     raise StorageError(f'{what}={p} is not a writable folder ({reason}); '
                        'choose a folder you can write to') from None
   except Exception as e:  # pylint: disable=broad-except
     # gcsfs's own errors (HTTP status, credentials) are not all OSErrors.
-    raise StorageError(f'{what}={p} is not a writable folder ({_one_line(e)}); '
+    raise StorageError(f'{what}={p} is not a writable folder ({one_line(e)}); '
                        'choose a folder you can write to') from None

@@ -68,7 +68,7 @@ def check_teacher_dir(teacher_dir: str) -> None:
   except storage.StorageError as e:
     raise ConfigError(str(e)) from None
   except Exception as e:  # pylint: disable=broad-except
-    reason = f'cannot be read ({type(e).__name__}: {" ".join(str(e).split())[:200]})'
+    reason = f'cannot be read ({storage.one_line(e)})'
   _require(reason is None, f'teacher_dir={teacher_dir}: {reason}')
 
 

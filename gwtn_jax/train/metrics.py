@@ -61,9 +61,8 @@ class MetricWriter:
                                           os.path.join(self._logdir, n)),
             store=self._logdir)
     except Exception as e:  # pylint: disable=broad-except
-      text = ' '.join(str(e).split())[:200]
       print(f'warning: could not upload TensorBoard events to {self._logdir} '
-            f'({type(e).__name__}: {text}); trying again later', file=sys.stderr, flush=True)
+            f'({storage.one_line(e)}); trying again later', file=sys.stderr, flush=True)
       return False
     return True
 
