@@ -86,7 +86,7 @@ def main(argv):
     phases = list(method.phases())
     if len(phases) > 2:
       phases = [phases[0], phases[len(phases) // 2], phases[-1]]
-    tx, _ = optim.make_optimizer(config[stage].optimizer, sum(p.steps for p in method.phases()))
+    tx, _ = optim.make_optimizer(config[stage].optimizer, [p.steps for p in method.phases()])
     rng = jax.random.key(0)
     _, shardings = state_lib.abstract_state(method, tx, rng, stage_sample, None, mesh, rules)
     uses_teacher = registry.get(stage).teacher

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from gwtn_jax.config import schema as config_lib
 from gwtn_jax import data as data_lib
+from gwtn_jax.data import datasets
 from gwtn_jax import models
 from gwtn_jax.methods import base
 from gwtn_jax.methods import registry
@@ -52,11 +53,6 @@ def max_predictions(seq_len: int, mask_rate: float) -> int:
   return max(1, math.ceil(mask_rate * (seq_len - 2)))
 
 
-# (image shape, classes) of the image datasets, for planning without reading them.
-_IMAGE_SHAPES = {'fashion_mnist_idx': ((28, 28, 1), 10), 'fashion_mnist': ((28, 28, 1), 10),
-                 'cifar10': ((32, 32, 3), 10)}
-
-
 @dataclasses.dataclass(frozen=True)
 class StaticInfo:
   """What the networks need to know of the data, known from the config alone."""
@@ -81,13 +77,41 @@ def static_data_info(config) -> StaticInfo:
         vocab = sum(1 for _ in f)
     return StaticInfo(vocab_size=vocab, seq_len=d.seq_len,
                       downstream_classes=config.model.num_classes or 2)
-  if d.name == 'imagenet2012':
-    shape, classes = (d.image_size, d.image_size, 3), 1000
-  elif d.name == 'synthetic':
-    shape, classes = tuple(d.synthetic_image_shape), d.synthetic_num_classes
-  else:
-    shape, classes = _IMAGE_SHAPES[d.name]
+  shape, classes = datasets.image_shape_and_classes(d)  # the one table of image datasets
   return StaticInfo(image_shape=tuple(shape), num_classes=config.model.num_classes or classes)
+
+
+@dataclasses.dataclass
+class Networks:
+  """The task and the networks of a config, built from the data's shapes alone."""
+  task: tasks.Task
+  thin: nn.Module
+  wide: nn.Module
+  downstream: Downstream | None = None  # its `data` None
+
+
+def build_networks(config, info: StaticInfo) -> Networks:
+  """The task and the thin and wide networks (and a BERT run's downstream ones) of a config.
+
+  The one place they are built: the config's validation checks these very objects, and the
+  experiment runs them.
+  """
+  if not config_lib.is_text(config):
+    classes = config.model.num_classes or info.num_classes
+    return Networks(task=tasks.ImageClassification(info.image_shape),
+                    thin=build_model(config, 'thin', classes),
+                    wide=build_model(config, 'wide', classes))
+  vocab, seq_len = info.vocab_size, info.seq_len
+  networks = Networks(
+      task=tasks.MaskedLM(seq_len, max_predictions(seq_len, config.data.mask_rate)),
+      thin=build_model(config, 'thin', 0, vocab), wide=build_model(config, 'wide', 0, vocab))
+  if set(registry.per_network_stages()) & set(config_lib.stages_of(config)):
+    classes = info.downstream_classes
+    networks.downstream = Downstream(
+        data=None, task=tasks.SequenceClassification(seq_len),
+        thin=build_model(config, 'thin', classes, vocab),
+        wide=build_model(config, 'wide', classes, vocab))
+  return networks
 
 
 def build_experiment(config, static: bool = False) -> Experiment:
@@ -101,32 +125,26 @@ def build_experiment(config, static: bool = False) -> Experiment:
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.rules_from_config(config.mesh.rules)
-  info = static_data_info(config) if static else None
-  if not config_lib.is_text(config):
-    data = None if static else data_lib.build_image_data(config.data, **where)
-    shape = info.image_shape if static else data.info.image_shape
-    num_classes = info.num_classes if static else (config.model.num_classes
-                                                   or data.info.num_classes)
-    return Experiment(
-        mesh=mesh, rules=rules, data=data, task=tasks.ImageClassification(shape),
-        thin=build_model(config, 'thin', num_classes), wide=build_model(config, 'wide', num_classes))
-
-  data = None if static else data_lib.build_text_data(config.data, **where)
-  vocab, seq_len = ((info.vocab_size, info.seq_len) if static
-                    else (data.info.vocab_size, data.info.seq_len))
-  exp = Experiment(
-      mesh=mesh, rules=rules, data=data,
-      task=tasks.MaskedLM(seq_len, max_predictions(seq_len, config.data.mask_rate)),
-      thin=build_model(config, 'thin', 0, vocab), wide=build_model(config, 'wide', 0, vocab))
-  if set(registry.per_network_stages()) & set(config_lib.stages_of(config)):
-    down = None if static else data_lib.build_classify_data(
-        config.downstream, data, plays=config.data.plays, **where)
-    classes = info.downstream_classes if static else down.info.num_classes
-    exp.downstream = Downstream(
-        data=down, task=tasks.SequenceClassification(seq_len),
-        thin=build_model(config, 'thin', classes, vocab),
-        wide=build_model(config, 'wide', classes, vocab))
-  return exp
+  data = down = None
+  if static:
+    info = static_data_info(config)
+  elif not config_lib.is_text(config):
+    data = data_lib.build_image_data(config.data, **where)
+    info = StaticInfo(image_shape=tuple(data.info.image_shape),
+                      num_classes=data.info.num_classes)
+  else:
+    data = data_lib.build_text_data(config.data, **where)
+    if set(registry.per_network_stages()) & set(config_lib.stages_of(config)):
+      down = data_lib.build_classify_data(config.downstream, data, plays=config.data.plays,
+                                          **where)
+    info = StaticInfo(vocab_size=data.info.vocab_size, seq_len=data.info.seq_len,
+                      downstream_classes=0 if down is None else down.info.num_classes)
+  networks = build_networks(config, info)
+  downstream = networks.downstream
+  if downstream is not None:
+    downstream = dataclasses.replace(downstream, data=down)
+  return Experiment(mesh=mesh, rules=rules, data=data, task=networks.task, thin=networks.thin,
+                    wide=networks.wide, downstream=downstream)
 
 
 def build_model(config, role: str, num_classes: int, vocab_size: int | None = None) -> nn.Module:

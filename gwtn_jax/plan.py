@@ -90,7 +90,7 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
     batch_size = config_lib.stage_value(config, stage, 'batch_size')
     batch = abstract_batch(task, batch_size)
     phases = list(method.phases())
-    tx, _ = optim.make_optimizer(config[stage].optimizer, sum(p.steps for p in phases))
+    tx, _ = optim.make_optimizer(config[stage].optimizer, [p.steps for p in phases])
     rng = jax.random.key(0)
     state, shardings = state_lib.abstract_state(method, tx, rng, task.sample_batch(), None,
                                                 mesh, rules)

@@ -17,6 +17,8 @@ import pytest
 from conftest import one_train_step
 from gwtn_jax import models
 from gwtn_jax.methods import adjoined
+from gwtn_jax.methods.adjoined import network as network_lib
+from gwtn_jax.methods.adjoined import widths as widths_lib
 from gwtn_jax.methods import tasks
 from gwtn_jax.models import resnet
 
@@ -73,7 +75,7 @@ def cost(fn, *args):
 
 def test_adjoined_widths_of_a_basic_net():
   model = basic()
-  assert model.width_groups() == {
+  assert widths_lib.width_groups(model) == {
       'stem': 64, 'stage1_block1_inner': 64, 'stage2_stream': 128, 'stage2_block1_inner': 128,
       'stage3_stream': 256, 'stage3_block1_inner': 256}
   # stage2's conv1 reads 64 channels (unmasked); its conv2 (128 -> 128) is masked.
@@ -86,8 +88,8 @@ def test_adjoined_widths_of_a_basic_net():
 
 def test_resnet50_groups_follow_the_papers_conv_rule():
   model = models.get_model('resnet50', num_classes=10)
-  widths, reduced = model.width_groups(), set(adjoined.adjoined_groups(model))
-  convs = model.conv_layers()
+  widths, reduced = widths_lib.width_groups(model), set(adjoined.adjoined_groups(model))
+  convs = widths_lib.conv_layers(model)
   assert len(convs) == 53  # 49 + 4 projections
   reductions = {c.name: c.reduction for c in convs}
   assert reductions['stem_conv'] == 2 and reductions['stage1_block1_layers/conv1'] == 4
@@ -95,6 +97,10 @@ def test_resnet50_groups_follow_the_papers_conv_rule():
   assert reductions['stage2_block1_layers/conv2'] == 8
   assert reductions['stage4_block1_layers/conv1'] == 16
   assert reductions['stage4_block3_layers/conv3'] == 32
+  norms = {c.name: c.norm for c in convs}
+  assert norms['stem_conv'] == 'stem_bn'
+  assert norms['stage2_block1_layers/proj_conv'] == 'stage2_block1_layers/proj_bn'
+  assert norms['stage4_block3_layers/conv3'] == 'stage4_block3_layers/bn3'
   for conv in convs:
     c_in = 3 if conv.in_group is None else widths[conv.in_group]
     masked = c_in > 64 and widths[conv.out_group] > 64
@@ -128,19 +134,17 @@ def test_width_plan_errors_name_widths():
          resnet.WidthPlan(64, (64, 128, 256), (32, 128, 256))]   # stage1 has no projection
   for widths in bad:
     with pytest.raises(ValueError, match='model.widths=') as info:
-      basic(widths=widths).point_channels()
+      basic(widths=widths).points()
     assert '\n' not in str(info.value)
   with pytest.raises(ValueError, match='small=.* exceeds'):
-    jax.eval_shape(functools.partial(basic().init, train=False,
-                                     small=resnet.WidthPlan(64, (64, 128, 512), plan.out)),
-                   jax.random.key(0), jnp.zeros((1,) + SHAPE))
+    adjoined.Adjoined(basic(), TASK, 4, resnet.WidthPlan(64, (64, 128, 512), plan.out), 2)
 
 
 def test_explicit_full_widths_change_nothing():
   x = jnp.zeros((1,) + SHAPE)
   default = jax.eval_shape(functools.partial(basic().init, train=False), jax.random.key(0), x)
   explicit = basic(widths=basic().width_plan())
-  assert explicit.point_channels() == basic().point_channels()
+  assert explicit.points() == basic().points()
   same = jax.eval_shape(functools.partial(explicit.init, train=False), jax.random.key(0), x)
   assert jax.tree.structure(default) == jax.tree.structure(same)
   assert jax.tree.map(lambda a: a.shape, default) == jax.tree.map(lambda a: a.shape, same)
@@ -157,8 +161,11 @@ def test_extracted_small_network_reproduces_the_small_path_exactly(make, shape):
   method = adjoined.Adjoined(model, tasks.ImageClassification(shape), 4, small, 2)
   variables = method_variables(method, shape)
   x = batch(2, shape)['image']
-  expected = jax.jit(functools.partial(model.apply, train=False, small=small))(variables, x)
-  small_model, small_variables = resnet.extract_small(model, variables, small)
+  # What the loss and eval run: the method's adjoined network, read from the whole tree.
+  network = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  path_model, path_variables = method._adjoined(variables['params'], network, 0, None)  # pylint: disable=protected-access
+  expected = jax.jit(functools.partial(path_model.apply, train=False))(path_variables, x)
+  small_model, small_variables = network_lib.extract(model, variables, small)
   assert small_model.widths == small
   got = jax.jit(functools.partial(small_model.apply, train=False))(small_variables, x)
   np.testing.assert_array_equal(got, expected)
@@ -173,7 +180,7 @@ def test_small_path_slices_kernels_and_costs_less():
   small = adjoined.adjoined_widths(model, 2)
   method = adjoined.Adjoined(model, TASK, 4, small, 2)
   variables = method_variables(method)
-  _, extracted = resnet.extract_small(model, variables, small)
+  small_model, extracted = network_lib.extract(model, variables, small)
   kernel = variables['params']['stage3_block1_layers']['conv2']['kernel']
   assert kernel.shape == (3, 3, 256, 256)
   sliced = extracted['params']['stage3_block1_layers']['conv2']['kernel']
@@ -183,7 +190,9 @@ def test_small_path_slices_kernels_and_costs_less():
   assert extracted['batch_stats']['stage2_block1_layers']['bn2']['mean'].shape == (64,)
   x = batch()['image']
   big_flops = cost(functools.partial(model.apply, train=False), variables, x)
-  small_flops = cost(functools.partial(model.apply, train=False, small=small), variables, x)
+  # The small forward as the loss runs it: slicing the shared variables, then the small net.
+  small_flops = cost(lambda v, x: small_model.apply(network_lib.read(small_model, v), x,
+                                                    train=False), variables, x)
   # Convs by hand: the big net does 12.2M multiply-accumulates, the small one 8.2M.
   assert small_flops < 0.75 * big_flops, (small_flops, big_flops)
 
@@ -304,8 +313,14 @@ def test_dan_hard_masks_equal_the_read_out_network():
   x = batch()['image']
   network = {'params': {k: v for k, v in variables['params'].items() if k != adjoined.LOGITS},
              'batch_stats': variables['batch_stats']}
-  masked = jax.jit(functools.partial(model.apply, train=False))(network, x, channel_masks=masks)
-  small_model, small_variables = resnet.extract_small(model, variables, method.read_out(variables))
+  masked_model = network_lib.masked(model, widths_lib.norm_masks(model, masks))
+  masked = jax.jit(functools.partial(masked_model.apply, train=False))(
+      network_lib.read(model, network), x)
+  # The method's own eval path is the same masked network.
+  path_model, path_variables = method._adjoined(variables['params'], network, 0, None)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(
+      jax.jit(functools.partial(path_model.apply, train=False))(path_variables, x), masked)
+  small_model, small_variables = network_lib.extract(model, variables, method.read_out(variables))
   assert small_model.widths == resnet.WidthPlan(64, (64, 128, 128), (64, 32, 256))
   got = jax.jit(functools.partial(small_model.apply, train=False))(small_variables, x)
   np.testing.assert_allclose(got, masked, rtol=1e-5, atol=1e-5)

@@ -111,7 +111,14 @@ def test_points_and_scan_matches_unrolled():
   model, params = _init()
   ids = _ids(1)
   names = ('embeddings', 'layer_1', 'layer_2', 'layer_3')
-  assert model.point_names() == names
+  assert tuple(p.name for p in model.points()) == names
+  assert [p.modules for p in model.points()] == [('embedder',)] + [
+      (bert_lib.layer_module_name(i),) for i in (1, 2, 3)]
+  assert all(p.layer is None and p.imitated and not p.stage_end for p in model.points())
+  assert not model.scan_layers
+  scanned = model.clone(scan_layers=True).points()  # every layer a slice of 'encoder'
+  assert [p.layer for p in scanned] == [None, 0, 1, 2]
+  assert {p.modules for p in scanned[1:]} == {('encoder',)}
   logits, state = model.apply({'params': params}, ids, mutable=['intermediates'])
   assert logits.shape == (2, 8, 50) and logits.dtype == jnp.float32
   points = bert_lib.layer_outputs(state['intermediates'], 3)

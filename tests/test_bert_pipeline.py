@@ -9,7 +9,6 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -141,7 +140,7 @@ def test_scanned_bert_imitation_trains_only_the_current_layers():
   method = Imitation(thin, wide, task, cfg)
   assert [p.name for p in method.phases()] == ['embeddings', 'layer_1', 'layer_2']
   params = nn.meta.unbox(method.init(jax.random.key(0), batch))['params']
-  mask = method.trainable(method.phases()[1], params)
+  mask = method.trainable(method.phases()[1], {'params': params})['params']
   for leaf in jax.tree.leaves(mask['student']['encoder']):
     np.testing.assert_array_equal(leaf, [True, False])
   assert not any(jax.tree.leaves(mask['student']['embedder']))

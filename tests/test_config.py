@@ -1,9 +1,11 @@
 """Bad input is refused before anything is compiled, in one line naming the field or path."""
 
 import os
+import re
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from conftest import tiny_config
@@ -109,3 +111,97 @@ def test_main_exits_2_with_one_line(args, match, tmp_path):
   lines = [l for l in result.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: ') and match in lines[0], result.stderr
   assert not os.path.exists(tmp_path / 'wd' / 'stages')
+
+
+# ----------------------------------------------------------------------------------
+# One source for every default: the schema.
+
+
+def test_the_schema_imports_no_jax():
+  # Config files import the schema (through config_lib and recipes); it must not load JAX.
+  code = ('import sys; import gwtn_jax.config_lib, gwtn_jax.recipes; '
+          'from gwtn_jax.config import schema; '
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+          "('jax', 'flax', 'grain', 'optax', 'tensorflow')))")
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]', result.stdout
+
+
+def _data_sections():
+  from gwtn_jax.data import classify  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import images  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import text  # pylint: disable=g-import-not-at-top
+  return [(images, 'data', config_lib.base_config().data),
+          (text, 'data', config_lib.text_data_config()),
+          (classify, 'downstream', config_lib.downstream_config())]
+
+
+def test_every_field_the_data_modules_read_is_in_the_schema_without_a_default_of_theirs():
+  for module, prefix, section in _data_sections():
+    name = module.__name__
+    assert set(module.FIELDS) <= set(section), (name, set(module.FIELDS) - set(section))
+    module._parse(section)  # pylint: disable=protected-access
+    # With any one field missing the module refuses the config: it has no default to use.
+    for field in module.FIELDS:
+      partial = section.to_dict()
+      del partial[field]
+      with pytest.raises(ValueError, match=rf'^{prefix}\.{field} is missing; ') as info:
+        module._parse(ml_collections.ConfigDict(partial))  # pylint: disable=protected-access
+      assert '\n' not in str(info.value)
+  # The image and text sections hold nothing the modules do not read.
+  for module, _, section in _data_sections()[:2]:
+    assert set(module.FIELDS) == set(section), module.__name__
+
+
+def test_no_data_module_keeps_a_default_helper():
+  folder = os.path.join(REPO, 'gwtn_jax', 'data')
+  for name in sorted(os.listdir(folder)):
+    if name.endswith('.py'):
+      source = open(os.path.join(folder, name)).read()
+      assert '_get(' not in source, name
+      assert not re.search(r'getattr\(config\w*, [^()]*,', source), name
+
+
+def test_dataset_dependent_defaults_come_from_the_dataset_table():
+  from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import images  # pylint: disable=g-import-not-at-top
+  data = config_lib.base_config().data
+  assert (data.dir, data.eval_split) == ('', '')  # '' = the dataset's own
+  for name, entry in datasets.IMAGE_DATASETS.items():
+    opts = images._parse(_with(data, name=name))  # pylint: disable=protected-access
+    assert opts.eval_split == entry.eval_split and opts.dir == entry.default_dir, name
+  assert images._parse(_with(data, name='imagenet2012')).eval_split == 'validation'  # pylint: disable=protected-access
+  assert images._parse(_with(data)).dir == '/usr/share/datasets/fashion-mnist'  # pylint: disable=protected-access
+  assert images._parse(_with(data, eval_split='train')).eval_split == 'train'  # pylint: disable=protected-access
+  assert tuple(images.NAMES) == tuple(datasets.IMAGE_DATASETS)
+  # The planner's shapes and classes are the table's (imagenet2012 and synthetic: the config's).
+  for name, shape, classes in [('fashion_mnist_idx', (28, 28, 1), 10),
+                               ('fashion_mnist', (28, 28, 1), 10), ('cifar10', (32, 32, 3), 10),
+                               ('imagenet2012', (96, 96, 3), 1000),
+                               ('synthetic', (8, 8, 1), 4)]:
+    config = config_lib.base_config()
+    config.data.update(name=name, image_size=96)
+    info = builders.static_data_info(config)
+    assert (info.image_shape, info.num_classes) == (shape, classes), name
+
+
+def _with(section, **fields):
+  copy = ml_collections.ConfigDict(section.to_dict())
+  copy.update(fields)
+  return copy
+
+
+def test_the_mesh_rules_name_every_model_axis_in_a_fixed_order():
+  from gwtn_jax.models import bert  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  names = [name for name, _ in config_lib.mesh_config('data').rules]
+  assert names == ['batch', 'conv_in', 'conv_out', 'features', 'classes', 'vocab', 'embed',
+                   'heads', 'kv', 'mlp', 'layers', 'act_length', 'act_embed', 'act_heads',
+                   'act_kv', 'act_mlp', 'act_vocab', 'act_height', 'act_width', 'act_channels']
+  used = (set(resnet.CONV_KERNEL_AXES + resnet.BN_AXES + resnet.HEAD_KERNEL_AXES
+              + resnet.HEAD_BIAS_AXES + resnet.ACTIVATION_AXES + bert.LOGICAL_AXES
+              + bert.ACTIVATION_AXES) - {None})
+  assert used == set(names)

@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from gwtn_jax.config import schema
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import build_image_data
 from gwtn_jax.data import check_data_config
@@ -49,13 +50,18 @@ def make_idx_folder(folder, n_train=50, n_test=23, hw=(8, 8), bad_label_at=None)
   return str(folder)
 
 
-def idx_config(folder, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      name='fashion_mnist_idx', dir=str(folder), train_split='train', eval_split='test',
-      augment=False, image_size=224, num_train_examples=0, num_eval_examples=0,
-      read_threads=2, prefetch=2))
-  config.update(overrides)
+def data_config(**fields):
+  """`config.data`: the schema's defaults with `fields` changed."""
+  config = schema.base_config().data
+  config.update(fields)
   return config
+
+
+def idx_config(folder, **overrides):
+  return data_config(**dict(
+      dict(name='fashion_mnist_idx', dir=str(folder), train_split='train', eval_split='test',
+           augment=False, image_size=224, num_train_examples=0, num_eval_examples=0,
+           read_threads=2, prefetch=2), **overrides))
 
 
 def example_ids(batch, offset=1):
@@ -371,13 +377,11 @@ def tfds_dir(tmp_path_factory):
 
 
 def tfds_config(name, data_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      name=name, dir=data_dir, train_split='train',
-      eval_split='validation' if name == 'imagenet2012' else 'test', augment=True,
-      image_size=224, num_train_examples=0, num_eval_examples=0, read_threads=2,
-      prefetch=2))
-  config.update(overrides)
-  return config
+  return data_config(**dict(
+      dict(name=name, dir=data_dir, train_split='train',
+           eval_split='validation' if name == 'imagenet2012' else 'test', augment=True,
+           image_size=224, num_train_examples=0, num_eval_examples=0, read_threads=2,
+           prefetch=2), **overrides))
 
 
 def test_tfds_cifar10_through_the_real_loader(tfds_dir):
@@ -418,6 +422,9 @@ def test_tfds_imagenet_crops(tfds_dir):
   data = build_image_data(config)
   assert data.info == DatasetInfo(name='imagenet2012', num_classes=1000,
                                   image_shape=(16, 16, 3), num_train=6, num_eval=4)
+  # eval_split '' (the schema's default) is the dataset's own: ImageNet's 'validation'.
+  assert build_image_data(tfds_config('imagenet2012', data_dir, image_size=16,
+                                      eval_split='')).info == data.info
   full = take(data.train_batches(global_batch_size=4, seed=2), 3)
   for batch in full:
     assert batch['image'].shape == (4, 16, 16, 3) and np.isfinite(batch['image']).all()
@@ -465,10 +472,10 @@ def test_inception_and_center_crop():
 
 
 def test_synthetic_is_learnable_and_deterministic():
-  config = ml_collections.ConfigDict(dict(
+  config = data_config(
       name='synthetic', augment=True, read_threads=2, prefetch=2,
       synthetic_image_shape=(8, 8, 3), synthetic_num_classes=4, synthetic_num_train=256,
-      synthetic_num_eval=64))
+      synthetic_num_eval=64)
   data = build_image_data(config)
   assert data.info == DatasetInfo(name='synthetic', num_classes=4, image_shape=(8, 8, 3),
                                   num_train=256, num_eval=64)

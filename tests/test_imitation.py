@@ -198,7 +198,7 @@ def test_stage_granularity_trains_whole_stages():
   method = Imitation(thin, wide, TASK, imitate_config(granularity='stage'))
   assert [p.name for p in method.phases()] == ['stage1_block3', 'stage2_block3', 'stage3_block3']
   variables = unboxed_init(method)
-  mask = method.trainable(method.phases()[1], variables['params'])
+  mask = method.trainable(method.phases()[1], variables)['params']
   on = {name for name, sub in mask['student'].items() if all(jax.tree.leaves(sub))}
   assert on == {'stem_conv', 'stem_bn'} | {f'stage{s}_block{b}_layers' for s in (1, 2) for b in (1, 2, 3)}
 

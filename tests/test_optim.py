@@ -36,11 +36,19 @@ def test_linear_decay_is_berts():
       [0.0, 5e-5, 1e-4, 5e-5, 0.0], rel=1e-6, abs=1e-12)
 
 
-def test_period_restarts_the_schedule_each_phase():
-  schedule = optim.make_schedule(opt(learning_rate=0.1, schedule='cosine'), 30, period=10)
+def test_each_phase_has_the_whole_schedule_over_its_own_steps():
+  schedule = optim.make_schedule(opt(learning_rate=0.1, schedule='cosine'), [10, 10, 10])
   for phase in range(3):
     assert float(schedule(10 * phase)) == pytest.approx(0.1)
     assert float(schedule(10 * phase + 5)) == pytest.approx(0.05, rel=1e-5)
+  # Phases of different lengths: each restarts where it starts, and decays over its own length.
+  schedule = optim.make_schedule(opt(learning_rate=0.1, schedule='cosine', warmup_steps=2),
+                                 [10, 40])
+  assert float(schedule(0)) == 0.0 and float(schedule(10)) == 0.0  # each warms up again
+  assert float(schedule(12)) == pytest.approx(0.1)
+  assert float(schedule(2 + 4)) == pytest.approx(0.05, rel=1e-5)   # phase 1: half of its 8
+  assert float(schedule(10 + 2 + 19)) == pytest.approx(0.05, rel=1e-5)  # phase 2: half of 38
+  assert float(schedule(49)) < 0.001
 
 
 def _one_update(config, params):

@@ -62,6 +62,18 @@ def num_params(model):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
+def _names(model):
+  return tuple(p.name for p in model.points())
+
+
+def _stage_ends(model):
+  return tuple(p.name for p in model.points() if p.stage_end)
+
+
+def _channels(model):
+  return {p.name: p.channels for p in model.points()}
+
+
 def tiny_cifar(**kwargs):
   return get_model('cifar_resnet8', num_classes=5, **kwargs)
 
@@ -134,7 +146,7 @@ def test_non_integer_width_is_a_one_line_config_error(name, width, count):
     model.channel_plan()  # unbound: no init, no compile
   assert '\n' not in str(info.value)
   with pytest.raises(ValueError, match='width_multiplier'):
-    model.point_channels()
+    _channels(model)
 
 
 def test_other_config_errors_name_their_field():
@@ -150,39 +162,39 @@ def test_other_config_errors_name_their_field():
 
 def test_point_names():
   cifar = get_model('cifar_resnet20', num_classes=10)
-  assert cifar.point_names() == (
+  assert _names(cifar) == (
       'stem',
       'stage1_block1', 'stage1_block2', 'stage1_block3',
       'stage2_block1', 'stage2_block2', 'stage2_block3',
       'stage3_block1', 'stage3_block2', 'stage3_block3',
       'pre_logits')
-  assert cifar.stage_point_names() == ('stage1_block3', 'stage2_block3', 'stage3_block3')
+  assert _stage_ends(cifar) == ('stage1_block3', 'stage2_block3', 'stage3_block3')
   r50 = get_model('resnet50', num_classes=10)
-  names = r50.point_names()
+  names = _names(r50)
   assert len(names) == 1 + 16 + 1
   assert names[:2] == ('stem', 'stage1_block1') and names[-2:] == ('stage4_block3',
                                                                    'pre_logits')
-  assert r50.stage_point_names() == ('stage1_block3', 'stage2_block4', 'stage3_block6',
+  assert _stage_ends(r50) == ('stage1_block3', 'stage2_block4', 'stage3_block6',
                                      'stage4_block3')
 
 
 def test_point_channels_wide_basic_scales_everything():
-  thin = get_model('cifar_resnet20', num_classes=10).point_channels()
-  wide = get_model('cifar_resnet20', num_classes=10, width_multiplier=4).point_channels()
-  assert list(thin) == list(get_model('cifar_resnet20', num_classes=10).point_names())
+  thin = _channels(get_model('cifar_resnet20', num_classes=10))
+  wide = _channels(get_model('cifar_resnet20', num_classes=10, width_multiplier=4))
+  assert list(thin) == list(_names(get_model('cifar_resnet20', num_classes=10)))
   assert thin['stem'] == 16 and thin['stage2_block1'] == 32 and thin['pre_logits'] == 64
   assert wide == {k: 4 * v for k, v in thin.items()}
-  r18 = get_model('resnet18', num_classes=10, width_multiplier=2).point_channels()
+  r18 = _channels(get_model('resnet18', num_classes=10, width_multiplier=2))
   assert r18['stem'] == 128 and r18['pre_logits'] == 1024
 
 
 def test_point_channels_wide_bottleneck_unchanged():
   thin = get_model('resnet50', num_classes=10)
   wide = get_model('resnet50', num_classes=10, width_multiplier=4)
-  assert thin.point_channels() == wide.point_channels()
-  assert thin.point_channels()['stem'] == 64
-  assert thin.point_channels()['stage1_block1'] == 256
-  assert thin.point_channels()['pre_logits'] == 2048
+  assert _channels(thin) == _channels(wide)
+  assert _channels(thin)['stem'] == 64
+  assert _channels(thin)['stage1_block1'] == 256
+  assert _channels(thin)['pre_logits'] == 2048
   assert wide.channel_plan().inner == (256, 512, 1024, 2048)
 
 
@@ -191,13 +203,17 @@ def test_point_modules(cifar_setup):
   params = variables['params']
   assert set(params) == {'stem_conv', 'stem_bn', 'stage1_block1_layers',
                          'stage2_block1_layers', 'stage3_block1_layers', 'head'}
-  modules = [m for name in model.point_names() for m in model.point_modules(name)]
-  assert set(modules) == set(params) - {'head'}
-  assert model.point_modules('stem') == ('stem_conv', 'stem_bn')
-  assert model.point_modules('stage2_block1') == ('stage2_block1_layers',)
-  assert model.point_modules('pre_logits') == ()
-  with pytest.raises(ValueError, match="point='head' is not a point"):
-    model.point_modules('head')
+  modules = {p.name: p.modules for p in model.points()}
+  # The points' modules and the head partition the parameters.
+  assert sorted([m for ms in modules.values() for m in ms] + ['head']) == sorted(params)
+  assert model.head_modules() == ('head',)
+  assert modules['stem'] == ('stem_conv', 'stem_bn')
+  assert modules['stage2_block1'] == ('stage2_block1_layers',)
+  assert modules['pre_logits'] == ()
+  assert [p.name for p in model.points() if not p.imitated] == ['pre_logits']
+  assert all(p.layer is None for p in model.points())
+  with pytest.raises(ValueError, match="stop_at='head' is not a point"):
+    apply(model, variables, jnp.zeros((1, 8, 8, 3)), train=False, stop_at='head')
 
 
 # --- Forward: intermediates, stop_at, start_after ------------------------------------------------
@@ -208,10 +224,10 @@ def test_intermediates_hold_exactly_the_points(cifar_setup):
                         mutable=['intermediates', 'batch_stats'])
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
-  # jit returns dicts with sorted keys: consumers iterate point_names(), not the dict.
+  # jit returns dicts with sorted keys: consumers iterate points(), not the dict.
   inter = state['intermediates']
-  assert set(inter) == set(model.point_names())
-  channels = model.point_channels()
+  assert set(inter) == set(_names(model))
+  channels = _channels(model)
   for name, value in inter.items():
     assert isinstance(value, tuple) and len(value) == 1
     assert value[0].shape[0] == 2 and value[0].shape[-1] == channels[name], name
@@ -232,7 +248,7 @@ def test_intermediate_shapes_imagenet_bottleneck():
       functools.partial(model.apply, train=False, mutable=['intermediates']), variables, x)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
   inter = {k: v[0].shape for k, v in state['intermediates'].items()}
-  assert set(inter) == set(model.point_names())
+  assert set(inter) == set(_names(model))
   assert inter['stem'] == (2, 8, 8, 4)  # 7x7/2 conv, then 3x3/2 max pool
   assert inter['stage1_block1'] == (2, 8, 8, 16)  # 4 * num_filters
   assert inter['stage2_block1'] == (2, 4, 4, 32)
@@ -253,7 +269,7 @@ def stop_at_runs(cifar_setup):
   """For each stop_at (None last): the compiled forward's flops, output and intermediates."""
   model, variables, x = cifar_setup
   runs = {}
-  for stop_at in model.point_names() + (None,):
+  for stop_at in _names(model) + (None,):
     fn = jax.jit(functools.partial(model.apply, train=False, stop_at=stop_at,
                                    mutable=['intermediates']))
     compiled = fn.lower(variables, x).compile()
@@ -267,7 +283,7 @@ def stop_at_runs(cifar_setup):
 
 def test_stop_at_returns_the_point_and_sows_nothing_later(cifar_setup, stop_at_runs):
   model, _, _ = cifar_setup
-  names = model.point_names()
+  names = _names(model)
   _, _, full = stop_at_runs[None]
   assert set(full) == set(names)
   for k, name in enumerate(names):
@@ -296,7 +312,7 @@ def test_two_halves_equal_the_whole(cifar_setup, split):
   rest, state = apply(model, variables, middle, train=False, start_after=split,
                       mutable=['intermediates'])
   np.testing.assert_allclose(rest, whole, rtol=1e-5, atol=1e-6)
-  names = model.point_names()
+  names = _names(model)
   assert set(state.get('intermediates', {})) == set(names[names.index(split) + 1:])
 
 
@@ -370,7 +386,7 @@ def test_partition_specs():
   assert specs['head']['bias'] == P('classes')
   conv = {'kernel': P(None, None, 'conv_in', 'conv_out')}
   bn = {'scale': P('conv_out'), 'bias': P('conv_out')}
-  for point in model.point_names()[1:-1]:
+  for point in _names(model)[1:-1]:
     block = specs[point + '_layers']
     layers = {'conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3'}
     # Only each stage's first block changes shape, so only it has a projection.

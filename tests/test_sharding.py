@@ -34,7 +34,7 @@ def first_losses(config):
     batches = data.train_batches(global_batch_size=config.batch_size, seed=0)
     batch = mesh_lib.put_global_batch(next(batches), mesh)
     phases = list(method.phases())
-    tx, _ = optim.make_optimizer(config[stage].optimizer, sum(p.steps for p in phases))
+    tx, _ = optim.make_optimizer(config[stage].optimizer, [p.steps for p in phases])
     rng, sample = jax.random.key(0), task.sample_batch()
     _, state_shardings = state_lib.abstract_state(method, tx, rng, sample, None, mesh, rules)
     uses_teacher = registry.get(stage).teacher

@@ -2,7 +2,6 @@
 
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -10,6 +9,7 @@ from conftest import assert_batches_equal
 from conftest import take
 
 pytest.importorskip('tokenizers')
+from gwtn_jax.config import schema  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import classify  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import corpus  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import text  # pylint: disable=g-import-not-at-top
@@ -26,10 +26,10 @@ TFDS_NAME = 'gwtn_tiny_classify'
 
 
 def _text_config(cache_dir):
-  return ml_collections.ConfigDict(dict(
+  return schema.text_data_config(
       name='shakespeare', plays=PLAYS, vocab_size=1000, vocab_file='',
       cache_dir=str(cache_dir), seq_len=SEQ_LEN, num_train_examples=0,
-      num_eval_examples=0, read_threads=2, prefetch=2))
+      num_eval_examples=0, read_threads=2, prefetch=2)
 
 
 def _config(**kw):
@@ -38,7 +38,7 @@ def _config(**kw):
            min_lines=2, balance=True, num_train_examples=0, num_eval_examples=0,
            read_threads=2, prefetch=2)
   c.update(kw)
-  return ml_collections.ConfigDict(c)
+  return schema.downstream_config(**c)
 
 
 @pytest.fixture(scope='session')

@@ -3,7 +3,6 @@
 import os
 import re
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -11,6 +10,7 @@ from conftest import assert_batches_equal
 from conftest import take
 
 pytest.importorskip('tokenizers')
+from gwtn_jax.config import schema  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import corpus  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import text  # pylint: disable=g-import-not-at-top
 
@@ -28,7 +28,7 @@ def _config(cache_dir, **kw):
            cache_dir=str(cache_dir), seq_len=64, mask_rate=0.15,
            num_train_examples=0, num_eval_examples=0, read_threads=2, prefetch=2)
   c.update(kw)
-  return ml_collections.ConfigDict(c)
+  return schema.text_data_config(**c)
 
 
 @pytest.fixture(scope='session')

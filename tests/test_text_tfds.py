@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -14,6 +13,7 @@ from conftest import take
 
 pytest.importorskip('tokenizers')
 tfds = pytest.importorskip('tensorflow_datasets')
+from gwtn_jax.config import schema  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import text  # pylint: disable=g-import-not-at-top
 
 TFDS_NAME = 'gwtn_tiny_text'
@@ -60,7 +60,7 @@ def _config(tfds_dir, cache_dir, **kw):
            cache_dir=str(cache_dir), seq_len=SEQ_LEN, mask_rate=0.15,
            num_train_examples=0, num_eval_examples=0, read_threads=2, prefetch=2)
   c.update(kw)
-  return ml_collections.ConfigDict(c)
+  return schema.text_data_config(**c)
 
 
 def _texts(tfds_dir, split):

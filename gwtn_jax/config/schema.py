@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from gwtn_jax.methods import registry
+from gwtn_jax.parallel import axes
 
 
 class ConfigError(ValueError):
@@ -80,13 +81,11 @@ def stage_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
-# The logical axis names the models annotate parameters with (ResNet, then BERT).
-LOGICAL_AXES = ('conv_in', 'conv_out', 'features', 'classes', 'vocab', 'embed', 'heads', 'kv',
-                'mlp', 'layers')
-# The large activations' axes (models.resnet/bert ACTIVATION_AXES, besides 'batch'): the
-# residual stream and every sown (imitated) point, q/k/v, the FFN's hidden layer, the logits.
-ACTIVATION_AXES = ('act_length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp', 'act_vocab',
-                   'act_height', 'act_width', 'act_channels')
+# The logical axis names the models annotate parameters with (ResNet, then BERT), and their
+# large activations' axes besides the batch (BERT, then ResNet): the models' own names, from
+# `gwtn_jax.parallel.axes`.
+LOGICAL_AXES = axes.PARAMETER_AXES
+ACTIVATION_AXES = axes.ACTIVATION_AXES
 # Mesh presets: the mesh shape and where each logical axis goes (unnamed axes: replicated).
 # The batch (of inputs and of every activation) is always split over data x fsdp.
 MESH_PRESETS = {
@@ -114,8 +113,8 @@ def mesh_config(preset: str = 'data', **shape) -> ml_collections.ConfigDict:
       shape=dict(sizes, **shape),
       num_devices=0,  # 0: all devices
       # Logical axis name -> mesh axes (None: replicated).
-      rules=[['batch', ['data', 'fsdp']]] + [[name, placement.get(name)]
-                                             for name in LOGICAL_AXES + ACTIVATION_AXES],
+      rules=[[axes.BATCH_AXIS, ['data', 'fsdp']]] + [[name, placement.get(name)]
+                                                    for name in LOGICAL_AXES + ACTIVATION_AXES],
   ))
 
 
@@ -174,21 +173,27 @@ def base_config() -> ml_collections.ConfigDict:
   config.thin_width = 1.0
   config.wide_width = 4.0
 
+  # The image data (fields documented in `gwtn_jax.data.images`; the datasets, their shapes,
+  # classes, eval splits and folders in `gwtn_jax.data.datasets`). A BERT run replaces it
+  # with `text_data_config()`.
   config.data = ml_collections.ConfigDict(dict(
       name='fashion_mnist_idx',
-      dir='/usr/share/datasets/fashion-mnist',
+      dir='',               # '' = the dataset's: /usr/share/datasets/fashion-mnist (IDX), tfds's
       train_split='train',
-      eval_split='test',
+      eval_split='',        # '' = the dataset's: 'test' ('validation' for imagenet2012)
       augment=True,
-      image_size=224,
-      num_train_examples=0,
+      image_size=224,       # imagenet2012 only
+      num_train_examples=0,  # 0 = all
       num_eval_examples=0,
       read_threads=2,
       prefetch=4,
+      # 'synthetic' only.
       synthetic_image_shape=(8, 8, 1),
       synthetic_num_classes=4,
       synthetic_num_train=256,
       synthetic_num_eval=64,
+      synthetic_noise=48.0,  # std of the pixel noise, in 0..255 units
+      synthetic_seed=0,      # seed of the class patterns and noise (the data, not the order)
   ))
 
   config.mesh = mesh_config('data')

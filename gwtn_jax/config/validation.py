@@ -28,7 +28,6 @@ from gwtn_jax.config.schema import stage_steps
 from gwtn_jax.config.schema import stage_value
 from gwtn_jax.config.schema import stages_of
 from gwtn_jax.methods import registry
-from gwtn_jax.methods import tasks
 from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import layout
 from gwtn_jax.train import optim
@@ -144,10 +143,11 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
                   '\':smoke\' variant)')
     raise ConfigError(message) from None
   try:
-    thin = builders.build_model(config, 'thin', num_classes=10, vocab_size=1000)
-    wide = builders.build_model(config, 'wide', num_classes=10, vocab_size=1000)
+    # The networks the run will build, from the data's shapes; every check below reads them.
+    networks = builders.build_networks(config, builders.static_data_info(config))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  thin, wide = networks.thin, networks.wide
   if is_text(config):
     _require(config.data.seq_len <= config.model.max_position,
              f'data.seq_len={config.data.seq_len} exceeds model.max_position='
@@ -156,7 +156,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
       _require(0 <= config.model[field] < 1, f'model.{field}={config.model[field]} must be in [0, 1)')
   for field, model in (('thin_width', thin), ('wide_width', wide)):
     try:
-      model.point_channels()
+      model.points()
     except ValueError as e:
       raise ConfigError(str(e).replace('model.width_multiplier', field)) from None
 
@@ -224,25 +224,16 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
              f'(mesh data x fsdp)')
   _require(config.eval_batch_size % dp == 0,
            f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')
-  _check_shardings(config, sizes)
+  _check_shardings(networks, sizes, mesh_lib.rules_from_config(config.mesh.rules))
 
 
-def _check_shardings(config, sizes) -> None:
+def _check_shardings(networks, sizes, rules) -> None:
   """Every network's parameters split evenly under the mesh rules (traced, not compiled)."""
-  info = builders.static_data_info(config)
-  rules = mesh_lib.rules_from_config(config.mesh.rules)
-  if is_text(config):
-    networks = [(role, builders.build_model(config, role, classes, info.vocab_size),
-                 tasks.SequenceClassification(info.seq_len) if classes else
-                 tasks.MaskedLM(info.seq_len, 1))
-                for role in builders.ROLES
-                for classes in ((0, info.downstream_classes)
-                                if set(registry.per_network_stages()) & set(stages_of(config))
-                                else (0,))]
-  else:
-    networks = [(role, builders.build_model(config, role, info.num_classes),
-                 tasks.ImageClassification(info.image_shape)) for role in builders.ROLES]
-  for role, model, task in networks:
+  checked = [('thin', networks.thin, networks.task), ('wide', networks.wide, networks.task)]
+  if networks.downstream is not None:
+    down = networks.downstream
+    checked += [('thin', down.thin, down.task), ('wide', down.wide, down.task)]
+  for role, model, task in checked:
     boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
                            task.sample_batch())
     try:

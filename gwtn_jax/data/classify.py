@@ -55,8 +55,8 @@ Bayes 0.683, a threshold on the token count 0.53; chance 0.5. With min_lines=4
 prose only in part; to do better a model must use word order (metre, syntax), up to
 the noise of the typographic labels (`corpus.verse_or_prose`). The command was a
 scratch script (not in the repo) doing the above on
-`build_classify_data(ConfigDict(name='verse_prose'), build_text_data(ConfigDict(
-name='shakespeare', vocab_size=8000, seq_len=128)))`.
+`build_classify_data(schema.downstream_config(name='verse_prose'), build_text_data(
+schema.text_data_config(name='shakespeare', vocab_size=8000, seq_len=128)))`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ import grain
 import numpy as np
 
 from gwtn_jax.data import corpus as corpus_lib
+from gwtn_jax.data import datasets
 from gwtn_jax.data import sampling
 from gwtn_jax.data import text as text_lib
 
@@ -138,29 +139,32 @@ class _Options:
   prefetch: int
 
 
-_get = text_lib._get  # pylint: disable=protected-access
+# The fields of `config.downstream` read here; their defaults are the schema's
+# (`gwtn_jax.config.schema.downstream_config`).
+FIELDS = tuple(f.name for f in dataclasses.fields(_Options))
 
 
 def _parse(config) -> _Options:
-  name = _get(config, 'name', None)
+  name = datasets.read_fields(config, 'downstream', ('name',))['name']
   if name not in NAMES:
     raise ValueError(f'downstream.name={name!r} is unknown; choose one of: '
                      + ', '.join(NAMES))
+  c = datasets.read_fields(config, 'downstream', FIELDS)
   opts = _Options(
       name=name,
-      tfds_name=str(_get(config, 'tfds_name', '')),
-      text_field=str(_get(config, 'text_field', 'sentence')),
-      text_pair_field=str(_get(config, 'text_pair_field', '')),
-      label_field=str(_get(config, 'label_field', 'label')),
-      train_split=str(_get(config, 'train_split', 'train')),
-      eval_split=str(_get(config, 'eval_split', 'validation')),
-      dir=str(_get(config, 'dir', '')),
-      min_lines=int(_get(config, 'min_lines', 2)),
-      balance=bool(_get(config, 'balance', True)),
-      num_train_examples=int(_get(config, 'num_train_examples', 0)),
-      num_eval_examples=int(_get(config, 'num_eval_examples', 0)),
-      read_threads=int(_get(config, 'read_threads', 2)),
-      prefetch=int(_get(config, 'prefetch', 4)),
+      tfds_name=str(c['tfds_name']),
+      text_field=str(c['text_field']),
+      text_pair_field=str(c['text_pair_field']),
+      label_field=str(c['label_field']),
+      train_split=str(c['train_split']),
+      eval_split=str(c['eval_split']),
+      dir=str(c['dir']),
+      min_lines=int(c['min_lines']),
+      balance=bool(c['balance']),
+      num_train_examples=int(c['num_train_examples']),
+      num_eval_examples=int(c['num_eval_examples']),
+      read_threads=int(c['read_threads']),
+      prefetch=int(c['prefetch']),
   )
   text_lib.check_counts(opts, 'downstream')
   if name == 'verse_prose' and opts.min_lines < 2:
@@ -394,14 +398,14 @@ def build_classify_data(config, text_data, *, plays: Sequence[str] | str = (),
   """Builds the classification train and eval pipelines of `config` for one process.
 
   Args:
-    config: `config.downstream`, an ml_collections ConfigDict with the fields
+    config: `config.downstream`, an ml_collections ConfigDict with the fields below
+      (every one is needed; `gwtn_jax.config.schema.downstream_config` gives their
+      defaults)
       name: 'verse_prose' | 'tfds'.
-      tfds_name, text_field ('sentence'), text_pair_field ('' = one segment),
-        label_field ('label'), train_split ('train'), eval_split ('validation'),
-        dir (the tfds data_dir; '' = tfds default): 'tfds' only.
-      min_lines: 'verse_prose' only: speeches with fewer lines are left out
-        (default 2).
-      balance: undersample every class to the smallest one's count (default True).
+      tfds_name, text_field, text_pair_field ('' = one segment), label_field,
+        train_split, eval_split, dir (the tfds data_dir; '' = tfds default): 'tfds' only.
+      min_lines: 'verse_prose' only: speeches with fewer lines are left out.
+      balance: undersample every class to the smallest one's count.
       num_train_examples, num_eval_examples: use at most N examples (0 = all):
         N // num_classes of each class if balancing, else the first N.
       read_threads, prefetch: grain threads building batches and batches kept ready.

@@ -3,7 +3,7 @@
 Datasets (`config.data.name`):
 
 - 'fashion_mnist_idx': Fashion-MNIST (or MNIST) from a folder of the four standard IDX
-  files, raw or .gz (`data.dir`, default /usr/share/datasets/fashion-mnist from the Debian
+  files, raw or .gz (`data.dir`; '' = /usr/share/datasets/fashion-mnist, from the Debian
   package `dataset-fashion-mnist`). Read whole into memory (55 MB); no network, no tfds.
 - 'fashion_mnist', 'cifar10', 'imagenet2012': prepared tfds datasets read through
   `tfds.data_source` (array_record files; no TensorFlow needed). Images are read
@@ -45,27 +45,13 @@ import grain
 import numpy as np
 
 from gwtn_jax.data import augment as aug
+from gwtn_jax.data import datasets
 from gwtn_jax.data import idx as idx_lib
 from gwtn_jax.data import sampling
 
-DEFAULT_IDX_DIR = '/usr/share/datasets/fashion-mnist'
-TFDS_NAMES = ('fashion_mnist', 'cifar10', 'imagenet2012')
-NAMES = ('fashion_mnist_idx',) + TFDS_NAMES + ('synthetic',)
-
-# Per-channel mean and std in pixel units (0..255), from each training set.
-_FASHION_MNIST_STATS = ((0.2860 * 255,), (0.3530 * 255,))
-_STATS = {
-    'fashion_mnist_idx': _FASHION_MNIST_STATS,
-    'fashion_mnist': _FASHION_MNIST_STATS,
-    'cifar10': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
-                (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
-    'imagenet2012': ((0.485 * 255, 0.456 * 255, 0.406 * 255),
-                     (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-}
-# Zero padding of the pad-crop-flip augmentation, in pixels per side. Fashion-MNIST's
-# 28x28 images get 2 (shifts up to +-2 px, 7%): its objects fill most of the frame.
-# Synthetic images get min(H, W) // 8 (at least 1): 4 at 32x32, like CIFAR-10.
-_CROP_PAD = {'fashion_mnist_idx': 2, 'fashion_mnist': 2, 'cifar10': 4}
+# The datasets (shapes, classes, eval splits, folders, statistics): `datasets.IMAGE_DATASETS`.
+NAMES = tuple(datasets.IMAGE_DATASETS)
+TFDS_NAMES = tuple(n for n in NAMES if datasets.IMAGE_DATASETS[n].source == 'tfds')
 
 # Salts of `augment.example_keys`, so that independent choices use independent keys.
 _AUGMENT_SALT = 1
@@ -98,7 +84,8 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
-  """`config.data`, with defaults filled in and values checked."""
+  """`config.data`, checked; `dir` and `eval_split` taken from the dataset's entry in
+  `datasets.IMAGE_DATASETS` where they are ''."""
   name: str
   dir: str
   train_split: str
@@ -117,36 +104,34 @@ class _Options:
   synthetic_seed: int
 
 
-def _get(config, field: str, default):
-  value = getattr(config, field, None)
-  return default if value is None else value
+# The fields of `config.data` read here; their defaults are the schema's
+# (`gwtn_jax.config.schema.base_config`).
+FIELDS = tuple(f.name for f in dataclasses.fields(_Options))
 
 
 def _parse(config) -> _Options:
   """Reads `config` (ml_collections ConfigDict `config.data`, or any attribute bag)."""
-  name = _get(config, 'name', None)
-  if name not in NAMES:
-    raise ValueError(f'data.name={name!r} is unknown; choose one of: '
-                     + ', '.join(NAMES))
-  shape = tuple(int(d) for d in _get(config, 'synthetic_image_shape', (32, 32, 3)))
+  name = datasets.read_fields(config, 'data', ('name',))['name']
+  dataset = datasets.image_dataset(name)
+  c = datasets.read_fields(config, 'data', FIELDS)
+  shape = tuple(int(d) for d in c['synthetic_image_shape'])
   opts = _Options(
       name=name,
-      dir=str(_get(config, 'dir', '')),
-      train_split=str(_get(config, 'train_split', 'train')),
-      eval_split=str(_get(config, 'eval_split',
-                          'validation' if name == 'imagenet2012' else 'test')),
-      augment=bool(_get(config, 'augment', False)),
-      image_size=int(_get(config, 'image_size', 224)),
-      num_train_examples=int(_get(config, 'num_train_examples', 0)),
-      num_eval_examples=int(_get(config, 'num_eval_examples', 0)),
-      read_threads=int(_get(config, 'read_threads', 2)),
-      prefetch=int(_get(config, 'prefetch', 4)),
+      dir=str(c['dir']) or dataset.default_dir,
+      train_split=str(c['train_split']),
+      eval_split=str(c['eval_split']) or dataset.eval_split,
+      augment=bool(c['augment']),
+      image_size=int(c['image_size']),
+      num_train_examples=int(c['num_train_examples']),
+      num_eval_examples=int(c['num_eval_examples']),
+      read_threads=int(c['read_threads']),
+      prefetch=int(c['prefetch']),
       synthetic_image_shape=shape,
-      synthetic_num_classes=int(_get(config, 'synthetic_num_classes', 10)),
-      synthetic_num_train=int(_get(config, 'synthetic_num_train', 4096)),
-      synthetic_num_eval=int(_get(config, 'synthetic_num_eval', 1024)),
-      synthetic_noise=float(_get(config, 'synthetic_noise', 48.0)),
-      synthetic_seed=int(_get(config, 'synthetic_seed', 0)),
+      synthetic_num_classes=int(c['synthetic_num_classes']),
+      synthetic_num_train=int(c['synthetic_num_train']),
+      synthetic_num_eval=int(c['synthetic_num_eval']),
+      synthetic_noise=float(c['synthetic_noise']),
+      synthetic_seed=int(c['synthetic_seed']),
   )
   for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
     if getattr(opts, field) < 0:
@@ -166,12 +151,8 @@ def _parse(config) -> _Options:
   return opts
 
 
-def _idx_folder(opts: _Options) -> str:
-  return opts.dir or DEFAULT_IDX_DIR
-
-
 def _check_idx(opts: _Options) -> None:
-  folder = _idx_folder(opts)
+  folder = opts.dir
   for field in ('train_split', 'eval_split'):
     if getattr(opts, field) not in ('train', 'test'):
       raise ValueError(f'data.{field}={getattr(opts, field)!r}: the IDX dataset has '
@@ -494,25 +475,27 @@ def build_image_data(config, *, process_index: int = 0,
   """Builds the train and eval pipelines of `config` for one process.
 
   Args:
-    config: `config.data`, an ml_collections ConfigDict with the fields
+    config: `config.data`, an ml_collections ConfigDict with the fields below (every one
+      is needed; `gwtn_jax.config.schema.base_config` gives their defaults)
       name: 'fashion_mnist_idx' | 'fashion_mnist' | 'cifar10' | 'imagenet2012' |
-        'synthetic'.
+        'synthetic' (`datasets.IMAGE_DATASETS`).
       dir: the IDX folder for 'fashion_mnist_idx' ('' = /usr/share/datasets/
         fashion-mnist); the tfds data_dir for tfds names ('' = tfds default).
-      train_split, eval_split: default 'train' and 'test' ('validation' for ImageNet).
+      train_split, eval_split: the splits; eval_split '' = the dataset's own ('test';
+        'validation' for ImageNet).
       augment: augment training images (eval never): pad-crop-flip with zero padding
         of 4 px (CIFAR-10), 2 px (Fashion-MNIST) or min(H, W) // 8 px (synthetic);
         Inception crop + flip (ImageNet; without augment, training uses the eval
         center crop).
-      image_size: ImageNet output side (default 224); ignored for the others.
+      image_size: ImageNet output side; ignored for the others.
       num_train_examples, num_eval_examples: use only the first N examples of the
         split (0 = all).
-      read_threads: threads building batches in parallel (default 2).
-      prefetch: batches kept ready (default 4).
-      synthetic_image_shape: (H, W, C), default (32, 32, 3).
-      synthetic_num_classes: default 10.
-      synthetic_num_train, synthetic_num_eval: split sizes, default 4096 and 1024.
-      synthetic_noise: std of the pixel noise in 0..255 units, default 48.
+      read_threads: threads building batches in parallel.
+      prefetch: batches kept ready.
+      synthetic_image_shape: (H, W, C).
+      synthetic_num_classes: the classes.
+      synthetic_num_train, synthetic_num_eval: split sizes.
+      synthetic_noise: std of the pixel noise in 0..255 units.
       synthetic_seed: seed of the class patterns and noise (the data, not the order).
     process_index, process_count: this process among those reading (jax.process_index()
       and jax.process_count() in a multi-host run).
@@ -537,14 +520,14 @@ def build_image_data(config, *, process_index: int = 0,
     std = math.sqrt(192.0 ** 2 / 12 + opts.synthetic_noise ** 2)
     mean_std = ((128.0,) * shape[2], (std,) * shape[2])
   elif name == 'fashion_mnist_idx':
-    folder = _idx_folder(opts)
+    folder = opts.dir
     train = _ArraySource(*idx_lib.read_idx_split(folder, opts.train_split,
                                                  opts.num_train_examples))
     evals = _ArraySource(*idx_lib.read_idx_split(folder, opts.eval_split,
                                                  opts.num_eval_examples))
     shape = train.images.shape[1:]
-    num_classes = 10
-    mean_std = _STATS[name]
+    num_classes = datasets.IMAGE_DATASETS[name].num_classes
+    mean_std = datasets.IMAGE_DATASETS[name].mean, datasets.IMAGE_DATASETS[name].std
   else:
     builder = _tfds_builder(opts)
     num_classes = builder.info.features['label'].num_classes
@@ -554,7 +537,7 @@ def build_image_data(config, *, process_index: int = 0,
       shape = fixed = tuple(builder.info.features['image'].shape)
     train = _TfdsSource(name, opts.train_split, opts.dir, opts.num_train_examples, fixed)
     evals = _TfdsSource(name, opts.eval_split, opts.dir, opts.num_eval_examples, fixed)
-    mean_std = _STATS[name]
+    mean_std = datasets.IMAGE_DATASETS[name].mean, datasets.IMAGE_DATASETS[name].std
 
   if name == 'imagenet2012':
     eval_transform = _imagenet_eval(opts.image_size)
@@ -562,7 +545,7 @@ def build_image_data(config, *, process_index: int = 0,
                        else eval_transform)
   else:
     eval_transform = _identity
-    pad = _CROP_PAD.get(name) or max(1, min(shape[:2]) // 8)
+    pad = datasets.IMAGE_DATASETS[name].crop_pad or max(1, min(shape[:2]) // 8)
     train_transform = _crop_flip(pad) if opts.augment else _identity
   for split, source in (('train', train), ('eval', evals)):
     if source.num_examples == 0:

@@ -93,6 +93,7 @@ import numpy as np
 from gwtn_jax import storage
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import corpus as corpus_lib
+from gwtn_jax.data import datasets
 from gwtn_jax.data import sampling
 
 NAMES = ('shakespeare', 'tfds')
@@ -189,11 +190,6 @@ def _cache(cache_dir: str) -> _Cache:
   return _Cache(cache_dir)
 
 
-def _get(config, field: str, default):
-  value = getattr(config, field, None)
-  return default if value is None else value
-
-
 def check_counts(opts, prefix: str) -> None:
   """The example limits and reader sizes of a text dataset's options are >= 0."""
   for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
@@ -201,30 +197,38 @@ def check_counts(opts, prefix: str) -> None:
       raise ValueError(f'{prefix}.{field}={getattr(opts, field)} must be >= 0')
 
 
+# The fields of `config.data` read here; their defaults are the schema's
+# (`gwtn_jax.config.schema.text_data_config`).
+FIELDS = ('name', 'tfds_name', 'tfds_text_field', 'dir', 'train_split', 'eval_split', 'plays',
+          'vocab_size', 'vocab_file', 'vocab_train_examples', 'cache_dir', 'seq_len',
+          'mask_rate', 'num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch')
+
+
 def _parse(config) -> _Options:
-  name = _get(config, 'name', None)
+  name = datasets.read_fields(config, 'data', ('name',))['name']
   if name not in NAMES:
     raise ValueError(f'data.name={name!r} is unknown; choose one of: ' + ', '.join(NAMES))
-  plays = _get(config, 'plays', ())
+  c = datasets.read_fields(config, 'data', FIELDS)
+  plays = c['plays']
   plays = tuple(p for p in (plays.split(',') if isinstance(plays, str) else plays) if p)
   opts = _Options(
       name=name,
-      tfds_name=str(_get(config, 'tfds_name', '')),
-      tfds_text_field=str(_get(config, 'tfds_text_field', 'text')),
-      dir=str(_get(config, 'dir', '')),
-      train_split=str(_get(config, 'train_split', 'train')),
-      eval_split=str(_get(config, 'eval_split', 'test')),
+      tfds_name=str(c['tfds_name']),
+      tfds_text_field=str(c['tfds_text_field']),
+      dir=str(c['dir']),
+      train_split=str(c['train_split']),
+      eval_split=str(c['eval_split']),
       plays=plays,
-      vocab_size=int(_get(config, 'vocab_size', 8000)),
-      vocab_file=str(_get(config, 'vocab_file', '')),
-      vocab_train_examples=int(_get(config, 'vocab_train_examples', 1_000_000)),
-      cache=_cache(storage.resolve(str(_get(config, 'cache_dir', '')) or DEFAULT_CACHE_DIR)),
-      seq_len=int(_get(config, 'seq_len', 128)),
-      mask_rate=float(_get(config, 'mask_rate', 0.15)),
-      num_train_examples=int(_get(config, 'num_train_examples', 0)),
-      num_eval_examples=int(_get(config, 'num_eval_examples', 0)),
-      read_threads=int(_get(config, 'read_threads', 2)),
-      prefetch=int(_get(config, 'prefetch', 4)),
+      vocab_size=int(c['vocab_size']),
+      vocab_file=str(c['vocab_file']),
+      vocab_train_examples=int(c['vocab_train_examples']),
+      cache=_cache(storage.resolve(str(c['cache_dir']) or DEFAULT_CACHE_DIR)),
+      seq_len=int(c['seq_len']),
+      mask_rate=float(c['mask_rate']),
+      num_train_examples=int(c['num_train_examples']),
+      num_eval_examples=int(c['num_eval_examples']),
+      read_threads=int(c['read_threads']),
+      prefetch=int(c['prefetch']),
   )
   check_counts(opts, 'data')
   if opts.vocab_train_examples < 0:
@@ -893,19 +897,20 @@ def build_text_data(config, *, process_index: int = 0,
   """Builds the MLM train and eval pipelines of `config` for one process.
 
   Args:
-    config: `config.data`, an ml_collections ConfigDict with the fields
+    config: `config.data`, an ml_collections ConfigDict with the fields below (every one
+      is needed; `gwtn_jax.config.schema.text_data_config` gives their defaults)
       name: 'shakespeare' | 'tfds'.
       plays: 'shakespeare' only: a subset of play names (tuple or comma-separated;
         empty = all); each play keeps its split.
       tfds_name, tfds_text_field, dir, train_split, eval_split: 'tfds' only.
-      vocab_size: WordPiece entries to train (default 8000).
+      vocab_size: WordPiece entries to train.
       vocab_file: a BERT vocab.txt to use ('' = train one on the train split).
       vocab_train_examples: 'tfds' only: train the vocab on the first N train
-        examples (default 1_000_000; 0 = all).
+        examples (0 = all).
       cache_dir: where the trained vocab, the token ids and the packed sequences
         are cached ('' = ~/.cache/gwtn_jax/text; module docstring).
-      seq_len: tokens per sequence incl. [CLS] and [SEP] (default 128).
-      mask_rate: fraction of non-special positions chosen (default 0.15).
+      seq_len: tokens per sequence incl. [CLS] and [SEP].
+      mask_rate: fraction of non-special positions chosen.
       num_train_examples, num_eval_examples: use only the first N packed sequences
         (0 = all).
       read_threads, prefetch: grain threads building batches and batches kept ready.

@@ -9,7 +9,12 @@ functions of arrays that the loop jits with shardings:
 - `phases()` -> the stage's phases; each is compiled once (progressive imitation has one per
   imitated point, every other method has one);
 - `loss(phase, params, state, teacher, batch, rng)` -> `(loss, (new_state, metrics))`;
-- `trainable(phase, params)` -> a tree of Python bools (None: everything trains);
+- `trainable(phase, variables)` -> what trains in the phase, as a mask over the variables
+  (`{'params': ..., 'batch_stats': ...}`, Python bools; None: everything trains). It is the one
+  place a method freezes anything: the loop holds the frozen parameters still (no gradient,
+  no update, so neither weight decay nor momentum moves them) and keeps the frozen
+  collections' old values (BatchNorm statistics) whatever the forward computed; a collection
+  the mask leaves out (a step counter) is the loss's to update;
 - `eval_metrics(phase, variables, teacher, batch)` -> sums over the batch, `count` included;
 - `export(variables, teacher)` -> the variables of the plain network this method produces;
 - `summary(variables)` -> anything else it found, as JSON (DAN: the widths), or None.
@@ -60,8 +65,8 @@ class Method:
            batch: Mapping[str, jax.Array], rng: jax.Array):
     raise NotImplementedError
 
-  def trainable(self, phase: Phase, params: Any) -> Any | None:
-    del phase, params
+  def trainable(self, phase: Phase, variables: Variables) -> Mapping[str, Any] | None:
+    del phase, variables
     return None
 
   def eval_metrics(self, phase: Phase, variables: Variables, teacher: Variables | None,
@@ -127,6 +132,13 @@ def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -
   loss = cross_entropy(logits, labels)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return {'loss': jnp.sum(loss * mask), 'accuracy': jnp.sum(correct * mask), 'count': jnp.sum(mask)}
+
+
+def modules_mask(variables: Variables, trains: Any) -> dict[str, Any]:
+  """A `trainable` mask by top-level module: `trains(name)` -> bool, for every collection."""
+  return {collection: {name: jax.tree.map(lambda _, on=bool(trains(name)): on, sub)
+                       for name, sub in tree.items()}
+          for collection, tree in variables.items()}
 
 
 def tree_where(mask: Any, tree: Any, other: Any) -> Any:

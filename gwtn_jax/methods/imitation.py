@@ -36,11 +36,25 @@ from gwtn_jax.methods.distill import Distill
 from gwtn_jax.methods.supervised import Supervised
 
 
+def candidate_points(model: nn.Module, granularity: str) -> list[str]:
+  """The points a network offers for imitation, bottom to top: every imitated point
+  (`'block'`), or the end of every stage (`'stage'`).
+
+  Raises:
+    ValueError: one line naming `imitate.granularity` for a model without stages (BERT).
+  """
+  if granularity == 'stage':
+    ends = [p.name for p in model.points() if p.stage_end]
+    if not ends:
+      raise ValueError("imitate.granularity='stage' applies to ResNets; a BERT imitates every "
+                       "layer: use 'block'")
+    return ends
+  return [p.name for p in model.points() if p.imitated]
+
+
 def num_imitated_points(thin: nn.Module, config) -> int:
   """How many points stage 2 imitates (one phase each): what equal budgets count with."""
-  if config.granularity == 'stage':
-    return len(thin.stage_point_names())
-  return len([name for name in thin.point_names() if name != 'pre_logits'])
+  return len(candidate_points(thin, config.granularity))
 
 
 def imitated_points(thin: nn.Module, wide: nn.Module, config) -> list[tuple[str, str]]:
@@ -54,12 +68,8 @@ def imitated_points(thin: nn.Module, wide: nn.Module, config) -> list[tuple[str,
   Raises:
     ValueError: one line naming `imitate.layer_map` or `imitate.point_weights`.
   """
-  def candidates(model):
-    if config.granularity == 'stage':
-      return list(model.stage_point_names())
-    return [name for name in model.point_names() if name != 'pre_logits']
-
-  thin_points, wide_points = candidates(thin), candidates(wide)
+  thin_points = candidate_points(thin, config.granularity)
+  wide_points = candidate_points(wide, config.granularity)
   layer_map = list(config.layer_map)
   if not layer_map:
     if len(thin_points) != len(wide_points):
@@ -126,7 +136,8 @@ class Imitation(base.Method):
     self.thin, self.wide, self.task, self.config = thin, wide, task, config
     self.points = imitated_points(thin, wide, config)
     self.weights = tuple(float(w) for w in config.point_weights) or (1.0,) * len(self.points)
-    thin_ch, wide_ch = thin.point_channels(), wide.point_channels()
+    thin_ch = {p.name: p.channels for p in thin.points()}
+    wide_ch = {p.name: p.channels for p in wide.points()}
     # Up-projections (thin -> teacher width) for the loss only.
     self.up = {tp: (thin_ch[tp], wide_ch[wp]) for tp, wp in self.points if thin_ch[tp] != wide_ch[wp]}
     # Down-projections (teacher -> thin width) that feed a thin block the teacher's output.
@@ -137,17 +148,22 @@ class Imitation(base.Method):
           self.down[tp] = (wide_ch[wp], thin_ch[tp])
     # The thin modules that produce each imitated point: with stage granularity, every block
     # of the stage.
-    order = list(thin.point_names())
+    records = thin.points()
+    order = [p.name for p in records]
     self._segments, self._segment_points = [], []
     start = 0
     for tp, _ in self.points:
       end = order.index(tp) + 1
-      self._segments.append(tuple(m for p in order[start:end] for m in thin.point_modules(p)))
+      self._segments.append(tuple(m for p in records[start:end] for m in p.modules))
       self._segment_points.append(tuple(order[start:end]))
       start = end
     # Modules whose parameters stack several points' layers (a scanned BERT's 'encoder'):
-    # their masks are per slice.
-    self._stacked = thin.stacked_modules()
+    # their masks are per slice, in the order of the slices.
+    self._stacked = {}
+    for p in records:
+      if p.layer is not None:
+        for m in p.modules:
+          self._stacked.setdefault(m, []).append(p.name)
 
   # --- Phases --------------------------------------------------------------------------------
 
@@ -187,7 +203,8 @@ class Imitation(base.Method):
     }
     return {'params': params, **{k: v for k, v in student.items() if k != 'params'}}
 
-  def trainable(self, phase, params):
+  def trainable(self, phase, variables):
+    params = variables['params']
     segments = self._trainable_segments(phase)
     modules = {m for i in segments for m in self._segments[i]}
     points = {p for i in segments for p in self._segment_points[i]}
@@ -201,18 +218,22 @@ class Imitation(base.Method):
       slices = np.array([p in points for p in self._stacked[name]])
       return bool(slices[0]) if (slices == slices[0]).all() else slices
 
-    return {
+    params_mask = {
         'student': {name: mark(sub, student_mask(name))
                     for name, sub in params['student'].items()},
         'up': {tp: mark(k, tp in active_points) for tp, k in params['up'].items()},
         'down': {tp: mark(k, tp in fed_points) for tp, k in params['down'].items()},
     }
+    # The student's other collections (BatchNorm statistics): frozen modules keep theirs.
+    state_mask = {collection: {name: mark(sub, student_mask(name)) for name, sub in tree.items()}
+                  for collection, tree in variables.items() if collection != 'params'}
+    return {'params': params_mask, **state_mask}
 
   def export(self, variables, teacher=None):
     params = dict(variables['params']['student'])
     last_thin, last_wide = self.points[-1]
-    thin_last_block = [p for p in self.thin.point_names() if p != 'pre_logits'][-1]
-    wide_last_block = [p for p in self.wide.point_names() if p != 'pre_logits'][-1]
+    thin_last_block = [p.name for p in self.thin.points() if p.imitated][-1]
+    wide_last_block = [p.name for p in self.wide.points() if p.imitated][-1]
     # Only a linear head (a ResNet's) merges exactly; a BERT's MLM head keeps its own.
     if (self.config.init_head_from_teacher and teacher is not None
         and 'head' in teacher['params'] and 'head' in params
@@ -230,7 +251,7 @@ class Imitation(base.Method):
   def _point_losses(self, phase, params, state, teacher, batch, train, rng=None):
     """Per-example losses of the active points, and the thin network's new state."""
     active = self._active(phase)
-    order = list(self.wide.point_names())
+    order = [p.name for p in self.wide.points()]
     needed = [self.points[i][1] for i in active]
     if self.config.inputs == 'teacher':
       needed += [self.points[i - 1][1] for i in active if i > 0]
@@ -286,13 +307,6 @@ class Imitation(base.Method):
   def loss(self, phase, params, state, teacher, batch, rng):
     total, losses, new_state = self._point_losses(phase, params, state, teacher, batch,
                                                   train=True, rng=rng)
-    if 'batch_stats' in state:
-      # Frozen modules keep their statistics too.
-      segments = self._trainable_segments(phase)
-      modules = {m for i in segments for m in self._segments[i]}
-      new_state['batch_stats'] = {
-          name: (new_state['batch_stats'][name] if name in modules else old)
-          for name, old in state['batch_stats'].items()}
     metrics = {f'mse/{name}': jnp.mean(v) for name, v in losses.items()}
     return jnp.mean(total), (new_state, metrics)
 

@@ -52,20 +52,23 @@ def lit_sections(student: nn.Module, teacher: nn.Module, num_sections: int = 0
   Raises:
     ValueError: one line naming `lit.sections` when the networks do not split alike.
   """
-  def blocks(model):
-    return [p for p in model.point_names()[1:] if p != 'pre_logits']
+  def blocks(model):  # the points after the stem that imitation compares
+    return [p.name for p in model.points()[1:] if p.imitated]
+
+  def stage_ends(model):
+    return [p.name for p in model.points() if p.stage_end]
 
   s_blocks, t_blocks = blocks(student), blocks(teacher)
+  stems = student.points()[0].name, teacher.points()[0].name
   if num_sections == 0:
-    try:
-      s_ends, t_ends = list(student.stage_point_names()), list(teacher.stage_point_names())
-    except ValueError:  # a BERT: no stages
+    s_ends, t_ends = stage_ends(student), stage_ends(teacher)
+    if not s_ends:  # a BERT: no stages
       num_sections = len(s_blocks)
     else:
       if len(s_ends) != len(t_ends):
         raise ValueError(f'lit.sections=0 cuts at stages, but the student has {len(s_ends)} '
                          f'stages and the teacher {len(t_ends)}')
-      return student.point_names()[0], teacher.point_names()[0], list(zip(s_ends, t_ends))
+      return stems + (list(zip(s_ends, t_ends)),)
   if num_sections < 1:
     raise ValueError(f'lit.sections={num_sections} must be >= 0')
   for who, b in (('student', s_blocks), ('teacher', t_blocks)):
@@ -75,7 +78,7 @@ def lit_sections(student: nn.Module, teacher: nn.Module, num_sections: int = 0
   s_step, t_step = len(s_blocks) // num_sections, len(t_blocks) // num_sections
   ends = [(s_blocks[(i + 1) * s_step - 1], t_blocks[(i + 1) * t_step - 1])
           for i in range(num_sections)]
-  return student.point_names()[0], teacher.point_names()[0], ends
+  return stems + (ends,)
 
 
 class Lit(base.Method):
@@ -95,14 +98,15 @@ class Lit(base.Method):
     self.student, self.teacher, self.task, self.steps = student, teacher, task, steps
     self.beta, self.alpha, self.temperature = config.beta, config.alpha, config.temperature
     self.stem, self.teacher_stem, self.sections = lit_sections(student, teacher, config.sections)
-    s_ch, t_ch = student.point_channels(), teacher.point_channels()
+    s_ch = {p.name: p.channels for p in student.points()}
+    t_ch = {p.name: p.channels for p in teacher.points()}
     for s, t in [(self.stem, self.teacher_stem)] + self.sections:
       if s_ch[s] != t_ch[t]:
         raise ValueError(
             f'lit: the student\'s {s} has {s_ch[s]} channels and the teacher\'s {t} {t_ch[t]}; '
             'LIT compresses depth, so section outputs must have equal widths (thin_width = '
             'wide_width, a deeper teacher through model.wide_name)')
-    self.frozen = tuple(student.point_modules(self.stem)) + tuple(student.head_modules())
+    self.frozen = student.points()[0].modules + tuple(student.head_modules())
 
   def phases(self):
     return [base.Phase('lit', self.steps)]
@@ -119,10 +123,9 @@ class Lit(base.Method):
     except ValueError as e:
       raise ValueError(f'lit: the teacher\'s stem or head does not fit the student ({e})') from None
 
-  def trainable(self, phase, params):
+  def trainable(self, phase, variables):
     del phase
-    return {name: jax.tree.map(lambda _, on=name not in self.frozen: on, sub)
-            for name, sub in params.items()}
+    return base.modules_mask(variables, lambda name: name not in self.frozen)
 
   def _losses(self, params, state, teacher, batch, train, rng=None):
     """Per-example KD and IR losses, the metrics' parts, and the student's new state."""

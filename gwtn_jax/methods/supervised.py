@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 
 from gwtn_jax.methods import base
 from gwtn_jax.methods import registry
@@ -53,11 +52,10 @@ class Supervised(base.Method):
     loss, metrics = self.task.loss(logits, batch)
     return loss, (state, metrics)
 
-  def trainable(self, phase, params):
+  def trainable(self, phase, variables):
     if self.trainable_modules is None:
       return None
-    return {name: jax.tree.map(lambda _, n=name: n in self.trainable_modules, sub)
-            for name, sub in params.items()}
+    return base.modules_mask(variables, lambda name: name in self.trainable_modules)
 
   def eval_metrics(self, phase, variables, teacher, batch):
     logits, _ = self.task.outputs(self.model, variables, batch, train=False)

@@ -1,10 +1,10 @@
 """Flax linen models that sow their imitation points; they know nothing of training.
 
-`resnet.py`: width-multiplied ResNets (`get_model`). `bert.py`: width-multiplied BERT
-(`get_bert`). Both expose the same imitation interface: `point_names`, `point_channels`,
-`point_modules`, `read_points`, `head_modules`, `stacked_modules`, and `stop_at` /
-`start_after` in their forward pass. A ResNet also takes per-layer widths (`WidthPlan`) and
-runs an adjoined small path on its own parameters (`small=`, `channel_masks=`).
+`resnet.py`: width-multiplied ResNets (`get_model`), with explicit per-layer widths
+(`WidthPlan`) and the norm class as a field. `bert.py`: width-multiplied BERT (`get_bert`).
+Both expose the same imitation interface: `points()` (one `points.Point` record per point:
+name, channels, modules, stage end), `read_points` (the sown outputs by name), `head_modules`,
+and `stop_at` / `start_after` in their forward pass.
 """
 
 from gwtn_jax.models.bert import BERT_PRESETS

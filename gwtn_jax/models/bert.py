@@ -47,15 +47,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gwtn_jax.models import points as points_lib
+from gwtn_jax.models.points import Point
+from gwtn_jax.parallel import axes as axes_lib
+
 # Logical axis names used by the parameters (mapped to mesh axes by rules in the config).
 # The position and token-type tables' first axis is unnamed (None): they are small.
-LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv', 'mlp', 'classes', 'layers')
+LOGICAL_AXES = axes_lib.BERT_LOGICAL_AXES
 # Logical names of the large activations' axes (sharding constraints, also mapped by the
 # config's rules): the residual stream and every sown point, q/k/v, the FFN's hidden layer and
 # the MLM logits. Their own names, not the parameters', so that a rule sharding a weight over
 # `fsdp` does not also split the activation that the batch already splits over `fsdp`.
-ACTIVATION_AXES = ('batch', 'act_length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp',
-                   'act_vocab')
+ACTIVATION_AXES = axes_lib.BERT_ACTIVATION_AXES
 _STREAM = ('batch', 'act_length', 'act_embed')
 
 
@@ -404,32 +407,23 @@ class Bert(nn.Module):
                     head_size=self.head_size, intermediate=int(round(ffn)),
                     num_layers=self.num_layers)
 
-  def point_names(self) -> tuple[str, ...]:
-    """All imitation points, bottom to top: ('embeddings', 'layer_1', ..., 'layer_L')."""
-    return ('embeddings',) + tuple(f'layer_{i + 1}' for i in range(self.num_layers))
+  def points(self) -> tuple[Point, ...]:
+    """The points, bottom to top: 'embeddings', 'layer_1', ..., 'layer_L' (no stages).
 
-  def stage_point_names(self) -> tuple[str, ...]:
-    """BERT has no stages: stage granularity is refused with a one-line error."""
-    raise ValueError("imitate.granularity='stage' applies to ResNets; a BERT imitates every "
-                     "layer: use 'block'")
-
-  def point_channels(self) -> dict[str, int]:
-    """Width (last axis) of every point's output, for sizing projections."""
+    Under ``scan_layers`` every layer lives in 'encoder', slice i being 'layer_{i + 1}'.
+    """
     hidden = self.dims().hidden
-    return {name: hidden for name in self.point_names()}
+    records = [Point('embeddings', hidden, ('embedder',))]
+    for i in range(1, self.num_layers + 1):
+      if self.scan_layers:
+        records.append(Point(f'layer_{i}', hidden, ('encoder',), layer=i - 1))
+      else:
+        records.append(Point(f'layer_{i}', hidden, (layer_module_name(i),)))
+    return tuple(records)
 
   def read_points(self, intermediates: Mapping[str, Any]) -> dict[str, Any]:
     """point name -> output, from the ``intermediates`` collection (both layer modes)."""
     return layer_outputs(intermediates, self.num_layers)
-
-  def stacked_modules(self) -> dict[str, tuple[str, ...]]:
-    """Modules whose parameters stack several points' layers, with the point of each slice.
-
-    Under ``scan_layers`` every layer lives in 'encoder', slice i being layer i + 1.
-    """
-    if not self.scan_layers:
-      return {}
-    return {'encoder': self.point_names()[1:]}
 
   def head_modules(self) -> tuple[str, ...]:
     """The top-level parameters of the output heads (what a linear probe trains)."""
@@ -440,26 +434,6 @@ class Bert(nn.Module):
     if self.num_classes:
       heads += ('classifier',)
     return heads
-
-  def point_modules(self, name: str) -> tuple[str, ...]:
-    """Names of the top-level submodules (keys of ``params``) that compute a point.
-
-    Under ``scan_layers`` every layer lives in 'encoder' (slice its leading axis).
-
-    Raises:
-      ValueError: unknown point.
-    """
-    index = self._point_index(name, 'point')
-    if index == 0:
-      return ('embedder',)
-    return ('encoder',) if self.scan_layers else (layer_module_name(index),)
-
-  def _point_index(self, name: str, arg: str) -> int:
-    names = self.point_names()
-    if name not in names:
-      raise ValueError(f'{arg}={name!r} is not a point of this model; valid points: '
-                       f'{", ".join(names)}')
-    return names.index(name)
 
   # --- Forward -------------------------------------------------------------------------------
 
@@ -505,8 +479,10 @@ class Bert(nn.Module):
       raise ValueError("head='nsp' needs model.nsp_head=True")
     if head == 'classify' and self.num_classes == 0:
       raise ValueError("head='classify' needs model.num_classes > 0")
-    first = 0 if start_after is None else self._point_index(start_after, 'start_after') + 1
-    stop = None if stop_at is None else self._point_index(stop_at, 'stop_at')
+    points = self.points()
+    first = 0 if start_after is None else points_lib.index(points, start_after,
+                                                           'start_after') + 1
+    stop = None if stop_at is None else points_lib.index(points, stop_at, 'stop_at')
     if stop is not None and first > stop:
       raise ValueError(f'start_after={start_after!r} must come before stop_at={stop_at!r}')
     expected = '[B, T]' if first == 0 else '[B, T, H] hidden states'

@@ -102,14 +102,17 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
     return method.loss(phase, params, state.model_state, teacher, batch, step_rng)
 
   (loss, (model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  mask = method.trainable(phase, state.params)
+  mask = method.trainable(phase, {'params': state.params, **state.model_state})
   if mask is not None:
     # Zero gradients leave frozen parameters out of the backward pass (XLA drops what is
     # unused); zeroing the updates too keeps weight decay and momentum from moving them.
-    grads = base.tree_where(mask, grads, jax.tree.map(jnp.zeros_like, grads))
+    grads = base.tree_where(mask['params'], grads, jax.tree.map(jnp.zeros_like, grads))
+    # Frozen modules keep their statistics, whatever the forward computed.
+    model_state = {c: base.tree_where(mask[c], tree, state.model_state[c]) if c in mask else tree
+                   for c, tree in model_state.items()}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   if mask is not None:
-    updates = base.tree_where(mask, updates, jax.tree.map(jnp.zeros_like, updates))
+    updates = base.tree_where(mask['params'], updates, jax.tree.map(jnp.zeros_like, updates))
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -276,8 +279,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     return StageResult(spec.name, variables, done['metrics'], done['history'], done['steps'],
                        done['wall_s'], done['curve_metric'], spec.model, done.get('summary'))
 
-  period = phases[0].steps if len(phases) > 1 else None
-  tx, schedule = optim.make_optimizer(spec.optimizer, total_steps, period)
+  tx, schedule = optim.make_optimizer(spec.optimizer, [p.steps for p in phases])
   rng = jax.random.key(spec.init_seed)
   abstract, shardings = state_lib.abstract_state(method, tx, rng, sample, init, mesh, rules)
   teacher_shardings = None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher)

@@ -15,28 +15,40 @@ Fields of an optimizer config (see `gwtn_jax.config_lib.optimizer_config`):
   warmup_steps: linear warmup from 0 to the peak, inside the schedule's length
   grad_clip_norm: 0 = no clipping
 
-A stage made of several phases (progressive imitation) restarts the schedule at each phase by
-passing `period`: the schedule then reads `step % period`.
+A stage made of several phases (progressive imitation) gives each phase the whole schedule over
+its own steps: pass the phases' lengths.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
 
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'linear', 'step')
 
 
-def make_schedule(config, total_steps: int, period: int | None = None) -> optax.Schedule:
-  """The learning-rate schedule over `total_steps` (or over each `period` steps, restarting)."""
-  length = period or total_steps
+def make_schedule(config, steps: int | Sequence[int]) -> optax.Schedule:
+  """The learning-rate schedule of a stage.
+
+  Args:
+    config: the optimizer config.
+    steps: the stage's length, or the length of each of its phases: every phase then has the
+      whole schedule (warmup included) over its own steps, restarting where it starts.
+  """
+  if not isinstance(steps, int):
+    lengths = [int(n) for n in steps]
+    if len(lengths) > 1:
+      boundaries = np.cumsum(lengths[:-1]).tolist()
+      return optax.join_schedules([make_schedule(config, n) for n in lengths], boundaries)
+    steps = lengths[0]
   peak = config.learning_rate
-  warmup = min(config.warmup_steps, max(length - 1, 0))
-  decay_steps = max(length - warmup, 1)
+  warmup = min(config.warmup_steps, max(steps - 1, 0))
+  decay_steps = max(steps - warmup, 1)
   if config.schedule == 'constant':
     main = optax.constant_schedule(peak)
   elif config.schedule == 'cosine':
@@ -45,16 +57,13 @@ def make_schedule(config, total_steps: int, period: int | None = None) -> optax.
     main = optax.linear_schedule(peak, peak * config.final_lr_fraction, decay_steps)
   elif config.schedule == 'step':
     boundaries = {
-        int(round(fraction * length)) - warmup: config.decay_factor
+        int(round(fraction * steps)) - warmup: config.decay_factor
         for fraction in config.decay_boundaries
     }
     main = optax.piecewise_constant_schedule(peak, boundaries)
   else:
     raise ValueError(f'optimizer.schedule={config.schedule!r} is unknown; choose one of {SCHEDULES}')
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
-  if period:
-    return lambda count: schedule(jnp.asarray(count) % period)
-  return schedule
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
 def _decay_mask(config, params: Any) -> Any:
@@ -63,10 +72,11 @@ def _decay_mask(config, params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config, total_steps: int, period: int | None = None
+def make_optimizer(config, steps: int | Sequence[int]
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns the optimizer and its schedule (the loop logs the learning rate from it)."""
-  schedule = make_schedule(config, total_steps, period)
+  """Returns the optimizer and its schedule (`make_schedule`; the loop logs the learning rate
+  from it)."""
+  schedule = make_schedule(config, steps)
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))

@@ -2,8 +2,9 @@
 
 **AN.** One parameter tree holds a big ResNet and a small one adjoined to it: the small network
 uses the first C / cf filters (and the first input channels) of every masked conv, sliced for
-real so that it costs the small FLOPs, with BatchNorm layers of its own, and shares the head
-(`ResNet(..., small=plan)`). The loss is
+real so that it costs the small FLOPs, with BatchNorm layers of its own, and shares the head.
+The models stay plain: the small network is a plain ResNet of its widths run on a slice of the
+big one's variables (`network.read`). The loss is
 
     CE(big, y) + lambda * KL(p_big || p_small),
 
@@ -11,12 +12,12 @@ at temperature 1 and without a stop-gradient: the big network learns from the sm
 lambda = min(4 (e / E)^2, 1) for epoch e (0-based) of E, so it changes once per epoch. Both
 networks run BatchNorm in training mode, each on its own statistics. Eval scores the small
 network (the product: `accuracy`, `loss`; the big one's as `big_*`), and `export` gives the
-small network extracted as a plain ResNet (`resnet.extract_small`): a stage's `model` for
+small network extracted as a plain ResNet (`network.extract`): a stage's `model` for
 restoring it is `model.clone(widths=small)`.
 
 **Masking rule.** A conv is masked (its output cut to C_out / cf) iff its big input and output
 both have more than 64 channels. Residual adds need one width per residual stream, so the rule
-is applied per width group (`ResNet.width_groups`): a group is reduced iff every conv that
+is applied per width group (`widths.width_groups`): a group is reduced iff every conv that
 writes it, projection shortcuts aside, has more than 64 input and output channels (the image
 counts as not: the stem is never reduced); a projection's output follows its stream. On
 ResNet-50 that is exactly the paper's conv-level rule (every projection agrees there with its
@@ -26,7 +27,7 @@ stream (ResNet-18's stage 2), which the residual add requires.
 **DAN.** Every group the AN rule reduces gets learnable logits over the widths {C, C/2, C/4}
 (those that are integers) in `params['width_logits'][group]`, starting at zero (uniform; our
 choice). The DAN network runs the full kernels and multiplies each group's channels, after its
-own BatchNorm and before the ReLU / residual add, by m = sum_j w_j 1[c < C_j], w a
+own BatchNorm and before the ReLU / residual add (the norm class `network.MaskedBatchNorm`), by m = sum_j w_j 1[c < C_j], w a
 Gumbel-softmax sample at temperature tau (the argmax one-hot at eval, so the masked channels
 are exactly 0). The loss is
 
@@ -51,132 +52,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from gwtn_jax.methods import base
 from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
+from gwtn_jax.methods.adjoined import network as network_lib
+from gwtn_jax.methods.adjoined import widths
+from gwtn_jax.methods.adjoined.widths import MASK_THRESHOLD
+from gwtn_jax.methods.adjoined.widths import adjoined_groups
+from gwtn_jax.methods.adjoined.widths import adjoined_widths
+from gwtn_jax.methods.adjoined.widths import channel_mask
+from gwtn_jax.methods.adjoined.widths import dan_choices
+from gwtn_jax.methods.adjoined.widths import dan_widths
+from gwtn_jax.methods.adjoined.widths import expected_flops
 from gwtn_jax.methods.supervised import Supervised
 from gwtn_jax.models import resnet
 
 COUNTER = 'adjoined'  # the collection of the step counter
 LOGITS = 'width_logits'  # DAN's params entry: group -> logits over its widths
-MASK_THRESHOLD = 64  # a conv is masked iff its in and out channels both exceed this
-
-
-# --- Widths ------------------------------------------------------------------------------------
-
-def adjoined_groups(model: resnet.ResNet, threshold: int = MASK_THRESHOLD) -> tuple[str, ...]:
-  """The width groups the AN rule reduces (see the module docstring), bottom to top.
-
-  `threshold`: a conv is masked iff its input and output both have more channels (the
-  paper's 64; a config field, since on a CIFAR-size network 64 leaves almost nothing masked).
-  """
-  widths = model.width_groups()
-  reduced: dict[str, bool] = {}
-  for conv in model.conv_layers():
-    if conv.shortcut:
-      continue
-    masked = (conv.in_group is not None and widths[conv.in_group] > threshold
-              and widths[conv.out_group] > threshold)
-    reduced[conv.out_group] = reduced.get(conv.out_group, True) and masked
-  return tuple(group for group in widths if reduced.get(group, False))
-
-
-def adjoined_widths(model: resnet.ResNet, cf: int, threshold: int = MASK_THRESHOLD
-                    ) -> resnet.WidthPlan:
-  """The small network of AN: every reduced group at width / cf, every other at its width.
-
-  Args:
-    model: the big network.
-    cf: the compression factor.
-    threshold: see `adjoined_groups`.
-
-  Raises:
-    ValueError: one line, if cf is not an integer >= 1 or does not divide a reduced width.
-  """
-  if isinstance(cf, bool) or not isinstance(cf, numbers.Integral) or cf < 1:
-    raise ValueError(f'cf={cf!r} must be an integer >= 1')
-  widths = model.width_groups()
-  small = {}
-  for group in adjoined_groups(model, threshold):
-    if widths[group] % cf:
-      raise ValueError(f'cf={cf} does not divide the {widths[group]} channels of {group}')
-    small[group] = widths[group] // cf
-  return model.widths_from_groups(small)
-
-
-def dan_choices(model: resnet.ResNet, threshold: int = MASK_THRESHOLD
-                ) -> dict[str, tuple[int, ...]]:
-  """DAN's candidate widths: group -> (C, C/2, C/4), those that are integers."""
-  widths = model.width_groups()
-  return {group: tuple(widths[group] // d for d in (1, 2, 4) if widths[group] % d == 0)
-          for group in adjoined_groups(model, threshold)}
-
-
-def dan_widths(model: resnet.ResNet, logits: Mapping[str, Any],
-               threshold: int = MASK_THRESHOLD) -> resnet.WidthPlan:
-  """DAN's read-out: the argmax width of every group (groups without logits: full width).
-
-  Args:
-    model: the big network.
-    logits: group -> logits over its `dan_choices` (concrete arrays).
-
-  Raises:
-    ValueError: unknown groups, or logits of the wrong length.
-  """
-  choices = dan_choices(model, threshold)
-  chosen = {}
-  for group, values in logits.items():
-    values = np.asarray(values)
-    if group not in choices or values.shape != (len(choices[group]),):
-      sizes = {g: len(c) for g, c in choices.items()}
-      raise ValueError(f'logits[{group!r}] of shape {values.shape} does not fit the searched '
-                       f'groups (group: number of choices) {sizes}')
-    chosen[group] = choices[group][int(np.argmax(values))]
-  return model.widths_from_groups(chosen)
-
-
-def channel_mask(choices: Sequence[int], weights: jax.Array) -> jax.Array:
-  """m[c] = sum_j weights[j] * 1[c < choices[j]], over the group's max(choices) channels."""
-  keep = jnp.arange(max(choices))[:, None] < jnp.asarray(choices)[None, :]
-  return keep.astype(jnp.float32) @ weights.astype(jnp.float32)
-
-
-def expected_flops(model: resnet.ResNet, image_shape: Sequence[int],
-                   logits: Mapping[str, jax.Array], threshold: int = MASK_THRESHOLD
-                   ) -> jax.Array:
-  """Expected multiply-accumulates of the convs: sum of k^2 H_out W_out E[c_in] E[c_out].
-
-  Args:
-    model: the big network.
-    image_shape: (H, W, C) of its input.
-    logits: group -> logits over its `dan_choices`; E[c] = sum_j softmax(logits)_j C_j, and a
-      group without logits counts its width ({} gives the full network's count).
-
-  Returns:
-    A float32 scalar; each conv is counted once.
-  """
-  height, width, channels = image_shape
-  choices = dan_choices(model, threshold)
-  expected = dict(model.width_groups())
-  for group, values in logits.items():
-    p = jax.nn.softmax(jnp.asarray(values, jnp.float32))
-    expected[group] = jnp.sum(p * jnp.asarray(choices[group], jnp.float32))
-  total = 0.0
-  for conv in model.conv_layers():
-    area = -(-height // conv.reduction) * -(-width // conv.reduction)
-    c_in = channels if conv.in_group is None else expected[conv.in_group]
-    total = total + conv.kernel**2 * area * c_in * expected[conv.out_group]
-  return jnp.asarray(total, jnp.float32)
 
 
 # --- Schedules ---------------------------------------------------------------------------------
@@ -230,11 +130,14 @@ class _AdjoinedMethod(base.Method):
 
   # What AN and DAN fill in.
 
-  def _path(self, params: Any, step: jax.Array, rng: jax.Array | None) -> dict[str, Any]:
-    """The small network's forward arguments (rng None: eval)."""
+  def _adjoined(self, params: Any, network: dict[str, Any], step: jax.Array,
+                rng: jax.Array | None) -> tuple[resnet.ResNet, dict[str, Any]]:
+    """The adjoined network as a plain model and its variables, read from `network` (the
+    tree; rng None: eval)."""
     raise NotImplementedError
 
-  def _init_path(self) -> dict[str, Any]:
+  def _twin_model(self) -> resnet.ResNet:
+    """The plain model whose fresh norms start the adjoined network's own."""
     raise NotImplementedError
 
   def _penalty(self, params: Any, step: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
@@ -250,12 +153,12 @@ class _AdjoinedMethod(base.Method):
     return [base.Phase('train', self.steps)]
 
   def init(self, rng, batch, init=None):
-    path = self._init_path()
-
-    def both(module, *inputs):  # creates the small network's BatchNorm layers too
-      return module(*inputs, train=False), module(*inputs, train=False, **path)
-
-    variables = dict(self.model.init(rng, *self.task.inputs(batch), method=both))
+    variables = dict(self.task.init(self.model, rng, batch))
+    twins = network_lib.twins(self.task.init(self._twin_model(), rng, batch))
+    for collection, tree in twins.items():
+      flat = traverse_util.flatten_dict(dict(variables[collection]))
+      flat.update(traverse_util.flatten_dict(tree))
+      variables[collection] = traverse_util.unflatten_dict(flat)
     variables = _overlay_subset(variables, init)
     variables['params'] = {**variables['params'], **self._fresh_params()}
     variables[COUNTER] = {'step': jnp.zeros((), jnp.int32)}
@@ -265,13 +168,9 @@ class _AdjoinedMethod(base.Method):
     return {'params': {k: v for k, v in params.items() if k != LOGITS}, 'batch_stats': stats}
 
   def model_variables(self, variables: base.Variables) -> dict[str, Any]:
-    """The big network alone: the variables of the plain `model` (no small BatchNorms,
-    logits or counter)."""
-    def big(tree):
-      return {k: big(v) if isinstance(v, Mapping) else v for k, v in tree.items()
-              if not k.endswith(resnet.SMALL_SUFFIX)}
-    network = self._network(variables['params'], variables['batch_stats'])
-    return {name: big(tree) for name, tree in network.items()}
+    """The big network alone: the variables of the plain `model` (no twin norms, logits or
+    counter)."""
+    return network_lib.big(self._network(variables['params'], variables['batch_stats']))
 
   def loss(self, phase, params, state, teacher, batch, rng):
     del phase, teacher
@@ -279,8 +178,9 @@ class _AdjoinedMethod(base.Method):
     network = self._network(params, state['batch_stats'])
     big, updates = self.task.forward(self.model, network, batch, train=True)
     network['batch_stats'] = updates['batch_stats']
-    small, updates = self.task.forward(self.model, network, batch, train=True,
-                                       **self._path(params, step, rng))
+    model, variables = self._adjoined(params, network, step, rng)
+    small, updates = self.task.forward(model, variables, batch, train=True)
+    stats = network_lib.write(network['batch_stats'], updates['batch_stats'])
     task_loss, metrics = self.task.loss(big, batch)
     _, small_metrics = self.task.loss(small, batch)
     # Temperature 1, no stop-gradient: the KL trains the big network too.
@@ -288,7 +188,7 @@ class _AdjoinedMethod(base.Method):
     penalty, extra = self._penalty(params, step)
     weight = lambda_schedule(step, self.steps_per_epoch, self.epochs)
     loss = task_loss + weight * (kl + penalty)
-    state = {**state, 'batch_stats': updates['batch_stats'], COUNTER: {'step': step + 1}}
+    state = {**state, 'batch_stats': stats, COUNTER: {'step': step + 1}}
     metrics = dict(metrics, task_loss=task_loss, kl=kl, small_accuracy=small_metrics['accuracy'],
                    **{'lambda': weight}, **extra)
     return loss, (state, metrics)
@@ -296,9 +196,9 @@ class _AdjoinedMethod(base.Method):
   def eval_metrics(self, phase, variables, teacher, batch):
     del phase, teacher
     network = self._network(variables['params'], variables['batch_stats'])
-    small, _ = self.task.forward(self.model, network, batch, train=False,
-                                 **self._path(variables['params'], variables[COUNTER]['step'],
-                                              None))
+    model, adjoined = self._adjoined(variables['params'], network, variables[COUNTER]['step'],
+                                     None)
+    small, _ = self.task.forward(model, adjoined, batch, train=False)
     big, _ = self.task.forward(self.model, network, batch, train=False)
     big_sums = {f'big_{k}': v for k, v in self.task.eval_sums(big, batch).items() if k != 'count'}
     return dict(self.task.eval_sums(small, batch), **big_sums)
@@ -324,18 +224,19 @@ class Adjoined(_AdjoinedMethod):
     super().__init__(model, task, steps, steps_per_epoch, epochs)
     model.check_widths(small, 'small', within=model.width_plan())
     self.small = small
+    self.small_model = model.clone(widths=small)
 
-  def _path(self, params, step, rng):
+  def _adjoined(self, params, network, step, rng):
     del params, step, rng
-    return {'small': self.small}
+    return self.small_model, network_lib.read(self.small_model, network)
 
-  def _init_path(self):
-    return {'small': self.small}
+  def _twin_model(self):
+    return self.small_model
 
   def export(self, variables, teacher=None):
     """The small network's variables, as a plain ResNet of widths `small`."""
     del teacher
-    return resnet.extract_small(self.model, variables, self.small)[1]
+    return network_lib.read(self.small_model, variables)
 
 
 class Dan(_AdjoinedMethod):
@@ -370,8 +271,9 @@ class Dan(_AdjoinedMethod):
     self.gamma, self.tau0, self.tau_min = gamma, tau0, tau_min
     self.full_flops = float(expected_flops(model, self.image_shape, {}, threshold))
 
-  def _path(self, params, step, rng):
-    logits = params[LOGITS]
+  def masks(self, logits: Mapping[str, jax.Array], step: jax.Array,
+            rng: jax.Array | None) -> dict[str, jax.Array]:
+    """group -> channel mask: a Gumbel-softmax sample (rng None: the argmax, hard)."""
     tau = tau_schedule(step, self.steps, self.tau0, self.tau_min)
     masks = {}
     for k, (group, choices) in enumerate(self.choices.items()):
@@ -381,10 +283,14 @@ class Dan(_AdjoinedMethod):
         noise = jax.random.gumbel(jax.random.fold_in(rng, k), logits[group].shape)
         weights = jax.nn.softmax((logits[group] + noise) / tau)
       masks[group] = channel_mask(choices, weights)
-    return {'channel_masks': masks}
+    return masks
 
-  def _init_path(self):
-    return {'channel_masks': {g: jnp.ones((c[0],)) for g, c in self.choices.items()}}
+  def _adjoined(self, params, network, step, rng):
+    masks = widths.norm_masks(self.model, self.masks(params[LOGITS], step, rng))
+    return network_lib.masked(self.model, masks), network_lib.read(self.model, network)
+
+  def _twin_model(self):
+    return self.model
 
   def _fresh_params(self):
     return {LOGITS: {g: jnp.zeros((len(c),), jnp.float32) for g, c in self.choices.items()}}
@@ -447,18 +353,18 @@ def _check_an_widths(config, wide) -> None:
     raise ValueError(f'adjoined.{e}') from None
 
 
-def _check_stage(stage: str, epochs: bool = True, widths: bool = True):
+def _check_stage(stage: str, epochs: bool = True, an_widths: bool = True):
   def check(config, thin, wide) -> None:
     _check_images(config, thin, stage)
     if epochs:
       _check_epoch_steps(config, stage)
-    if widths:
+    if an_widths:
       _check_an_widths(config, wide)
   return check
 
 
 def _check_dan(config, thin, wide) -> None:
-  _check_stage('dan', widths=False)(config, thin, wide)
+  _check_stage('dan', an_widths=False)(config, thin, wide)
   c = config.dan
   if not 0 < c.tau_end <= c.tau_start:
     raise ValueError(f'dan.tau_start={c.tau_start}, dan.tau_end={c.tau_end}: need '
