@@ -49,7 +49,7 @@ class Experiment:
 
 
 def max_predictions(seq_len: int, mask_rate: float) -> int:
-  """The most positions the MLM masking chooses in one sequence (see data/text.py)."""
+  """The most positions the MLM masking chooses in one sequence (see data/mlm.py)."""
   return max(1, math.ceil(mask_rate * (seq_len - 2)))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gwtn_jax.models import bert as bert_lib
+from gwtn_jax.models import bert_layers
 
 VOCAB = 30522
 
@@ -104,7 +105,7 @@ def test_logical_axes():
   assert names['mlm_head']['output_bias'] == ('vocab',)
   for leaf in jax.tree.leaves(boxed, is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned)):
     assert isinstance(leaf, nn.LogicallyPartitioned)
-    assert set(leaf.names) <= set(bert_lib.LOGICAL_AXES) | {None}
+    assert set(leaf.names) <= set(bert_layers.LOGICAL_AXES) | {None}
 
 
 def test_points_and_scan_matches_unrolled():

@@ -195,13 +195,13 @@ def _with(section, **fields):
 
 
 def test_the_mesh_rules_name_every_model_axis_in_a_fixed_order():
-  from gwtn_jax.models import bert  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.models import bert_layers  # pylint: disable=g-import-not-at-top
   from gwtn_jax.models import resnet  # pylint: disable=g-import-not-at-top
   names = [name for name, _ in config_lib.mesh_config('data').rules]
   assert names == ['batch', 'conv_in', 'conv_out', 'features', 'classes', 'vocab', 'embed',
                    'heads', 'kv', 'mlp', 'layers', 'act_length', 'act_embed', 'act_heads',
                    'act_kv', 'act_mlp', 'act_vocab', 'act_height', 'act_width', 'act_channels']
   used = (set(resnet.CONV_KERNEL_AXES + resnet.BN_AXES + resnet.HEAD_KERNEL_AXES
-              + resnet.HEAD_BIAS_AXES + resnet.ACTIVATION_AXES + bert.LOGICAL_AXES
-              + bert.ACTIVATION_AXES) - {None})
+              + resnet.HEAD_BIAS_AXES + resnet.ACTIVATION_AXES + bert_layers.LOGICAL_AXES
+              + bert_layers.ACTIVATION_AXES) - {None})
   assert used == set(names)

@@ -334,11 +334,13 @@ def test_a_store_that_stops_mid_run_stops_it_with_one_line_and_the_rerun_resumes
 
 def test_a_remote_text_cache_is_shared_through_the_bucket(gcs, tmp_path, monkeypatch):
   from gwtn_jax.data import text  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import text_cache  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import wordpiece  # pylint: disable=g-import-not-at-top
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   data = config_lib.text_data_config(plays=('hamlet', 'macbeth'), vocab_size=300, seq_len=32,
                                      num_train_examples=64, num_eval_examples=16)
   data.cache_dir = f'gs://{BUCKET}/text_cache'
-  monkeypatch.setattr(text, 'MIRROR_DIR', str(tmp_path / 'host0'))
+  monkeypatch.setattr(text_cache, 'MIRROR_DIR', str(tmp_path / 'host0'))
   made = text.prepare_text_cache(data)
   remote = {f.removeprefix(f'{BUCKET}/text_cache/') for f in fs().find(f'{BUCKET}/text_cache')}
   for what, path in made.items():
@@ -347,9 +349,9 @@ def test_a_remote_text_cache_is_shared_through_the_bucket(gcs, tmp_path, monkeyp
     assert rel in remote, (what, rel, remote)
 
   # Another host, with an empty local cache: it downloads, and trains and tokenizes nothing.
-  monkeypatch.setattr(text, 'MIRROR_DIR', str(tmp_path / 'host1'))
-  monkeypatch.setattr(text, 'train_wordpiece', lambda *a, **k: pytest.fail('trained again'))
-  monkeypatch.setattr(text, '_encode', lambda *a, **k: pytest.fail('tokenized again'))
+  monkeypatch.setattr(text_cache, 'MIRROR_DIR', str(tmp_path / 'host1'))
+  monkeypatch.setattr(wordpiece, 'train_wordpiece', lambda *a, **k: pytest.fail('trained again'))
+  monkeypatch.setattr(wordpiece, '_encode', lambda *a, **k: pytest.fail('tokenized again'))
   again = text.prepare_text_cache(data)
   assert set(again) == set(made)
   for what in made:

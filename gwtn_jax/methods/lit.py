@@ -81,6 +81,25 @@ def lit_sections(student: nn.Module, teacher: nn.Module, num_sections: int = 0
   return stems + (ends,)
 
 
+def checked_sections(student: nn.Module, teacher: nn.Module, num_sections: int = 0
+                     ) -> tuple[str, str, list[tuple[str, str]]]:
+  """`lit_sections`, checked: every section ends at the same width in both networks.
+
+  Raises:
+    ValueError: one line naming `lit.sections`, or the widths that differ.
+  """
+  stem, teacher_stem, sections = lit_sections(student, teacher, num_sections)
+  s_ch = {p.name: p.channels for p in student.points()}
+  t_ch = {p.name: p.channels for p in teacher.points()}
+  for s, t in [(stem, teacher_stem)] + sections:
+    if s_ch[s] != t_ch[t]:
+      raise ValueError(
+          f'lit: the student\'s {s} has {s_ch[s]} channels and the teacher\'s {t} {t_ch[t]}; '
+          'LIT compresses depth, so section outputs must have equal widths (thin_width = '
+          'wide_width, a deeper teacher through model.wide_name)')
+  return stem, teacher_stem, sections
+
+
 class Lit(base.Method):
   """LIT phase 1 (see the module docstring).
 
@@ -97,15 +116,8 @@ class Lit(base.Method):
                config):
     self.student, self.teacher, self.task, self.steps = student, teacher, task, steps
     self.beta, self.alpha, self.temperature = config.beta, config.alpha, config.temperature
-    self.stem, self.teacher_stem, self.sections = lit_sections(student, teacher, config.sections)
-    s_ch = {p.name: p.channels for p in student.points()}
-    t_ch = {p.name: p.channels for p in teacher.points()}
-    for s, t in [(self.stem, self.teacher_stem)] + self.sections:
-      if s_ch[s] != t_ch[t]:
-        raise ValueError(
-            f'lit: the student\'s {s} has {s_ch[s]} channels and the teacher\'s {t} {t_ch[t]}; '
-            'LIT compresses depth, so section outputs must have equal widths (thin_width = '
-            'wide_width, a deeper teacher through model.wide_name)')
+    self.stem, self.teacher_stem, self.sections = checked_sections(student, teacher,
+                                                                   config.sections)
     self.frozen = student.points()[0].modules + tuple(student.head_modules())
 
   def phases(self):
@@ -186,7 +198,7 @@ def _check_lit(config, thin: nn.Module, wide: nn.Module) -> None:
     raise ValueError(f'lit.beta={cfg.beta} must be in [0, 1]')
   if not (isinstance(cfg.sections, int) and cfg.sections >= 0):
     raise ValueError(f'lit.sections={cfg.sections!r} must be an integer >= 0 (0: the stages)')
-  Lit(thin, wide, None, 1, cfg)  # the sections and their widths
+  checked_sections(thin, wide, cfg.sections)
 
 
 def _build_lit(ctx: registry.BuildContext):
