@@ -104,6 +104,10 @@ def get_config(arg: str = ''):
     config.finetune.steps = 20
     config.downstream.steps = 10
     config.downstream.eval_every = 10
+    # Warmups for the shortened stages (a warmup longer than its stage is refused).
+    for stage, warmup in (('wide', 4), ('thin_scratch', 4), ('thin_kd', 4), ('imitate', 1),
+                          ('probe', 1), ('finetune', 2), ('downstream', 1)):
+      config[stage].optimizer.warmup_steps = warmup
   elif arg:
     raise ValueError(f'configs/shakespeare_bert.py: unknown argument {arg!r}; use "smoke" or none')
   return config

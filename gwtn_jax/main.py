@@ -11,13 +11,14 @@ read or compiled.
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from gwtn_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to an ml_collections config file (optionally `file.py:arg`).',
@@ -35,33 +36,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _parse_flags(argv):
-  """absl's parser, with a refused flag or config file said in one line and exit status 2."""
-  try:
-    rest = flags.FLAGS(argv)
-    # A config file is loaded lazily: a missing or broken one fails here.
-    _CONFIG.value.to_dict()
-    return rest
-  except (AttributeError, KeyError) as e:
-    text = str(e.args[0] if e.args else e)
-    field = re.search(r"'([^'\\]+)", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    message = (f"--config: no such field '{field.group(1) if field else text}'" +
-               (f' (did you mean "{hint.group(1)}"?)' if hint else '') +
-               '; gwtn_jax/config/schema.py lists the fields')
-  except (flags.Error, OSError, ValueError, TypeError) as e:
-    text = str(e).strip()
-    if 'Traceback' in text:  # the config file's get_config raised: its last line says why
-      text = '--config: ' + text.splitlines()[-1]
-    elif isinstance(e, OSError):
-      text = f'--config: {text}'
-    message = ' '.join(text.split())
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(2)
+  return cli.parse_flags(argv, _CONFIG)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # cli.parse_flags refused any positional word
   if not flags.FLAGS['verbosity'].present:
     # Orbax logs every save at INFO; the console line of the loop is what a user reads.
     logging.set_verbosity(logging.WARNING)
@@ -71,8 +50,7 @@ def main(argv):
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    cli.refuse(str(e))
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax import pipeline  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
@@ -84,8 +62,7 @@ def main(argv):
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
   except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    cli.refuse(str(e))
   except preemption.StopRequested as e:
     print(e.message, flush=True)
     sys.exit(0)

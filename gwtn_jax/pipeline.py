@@ -97,7 +97,7 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
 
   def stage_kwargs(name: str, data=exp.data) -> dict[str, Any]:
     return dict(data=data, mesh=exp.mesh, rules=exp.rules, preemption=preemption,
-                stage_dir=os.path.join(workdir, 'stages', name),
+                stage_dir=os.path.join(workdir, workdir_lib.STAGES_DIR, name),
                 writer_dir=os.path.join(workdir, 'tensorboard', name))
 
   with preemption:

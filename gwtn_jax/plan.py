@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from gwtn_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Devices (chips) of the slice to plan for.')
@@ -132,12 +133,15 @@ def format_plans(plans: list[StagePlan], config, num_devices: int) -> str:
   return '\n'.join(lines)
 
 
+def _parse_flags(argv):
+  return cli.parse_flags(argv, _CONFIG)
+
+
 def main(argv):
-  del argv
+  del argv  # cli.parse_flags refused any positional word
   num_devices = _DEVICES.value
   if num_devices < 1:
-    print(f'error: --devices={num_devices} must be >= 1', file=sys.stderr)
-    sys.exit(2)
+    cli.refuse(f'--devices={num_devices} must be >= 1')
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_num_cpu_devices', num_devices)
@@ -147,12 +151,11 @@ def main(argv):
   try:
     config_lib.validate(config, workdir=None, data=False)
   except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.refuse(str(e))
   plans = plan(config, all_phases=_PHASES.value == 'all')
   print(format_plans(plans, config, num_devices), flush=True)
 
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

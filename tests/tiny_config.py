@@ -48,6 +48,7 @@ def get_config(arg: str = ''):
         num_train_examples=256, num_eval_examples=32, read_threads=1, prefetch=2)
     c.downstream.update(steps=2, batch_size=16, num_train_examples=64, num_eval_examples=32,
                         read_threads=1, prefetch=2)
+    c.downstream.optimizer.warmup_steps = 1
   elif arg:
     raise ValueError(f'tests/tiny_config.py: unknown argument {arg!r}')
   return c

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
+import ml_collections
 
 from gwtn_jax import builders
 from gwtn_jax import data as data_lib
 from gwtn_jax import storage
+from gwtn_jax.data import datasets
 from gwtn_jax.config import workdir as workdir_lib
 from gwtn_jax.config.schema import ConfigError
 from gwtn_jax.config.schema import DTYPES
@@ -43,6 +47,24 @@ def _check_positive_int(value, field: str, allow: Sequence[int] = ()) -> None:
            f'{field}={value!r} must be a positive integer' + (f' or one of {tuple(allow)}' if allow else ''))
 
 
+def _check_int(value, field: str, minimum: int) -> None:
+  _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+           f'{field}={value!r} must be an integer >= {minimum}')
+
+
+def _check_finite(config, prefix: str = '') -> None:
+  """Every number anywhere in the config is finite (no field means anything by inf or nan)."""
+  for key, value in config.items():
+    field = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_finite(value, field + '.')
+      continue
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f'{field}={value!r} must be finite')
+
+
 def _check_optimizer(opt, field: str) -> None:
   _require(opt.name in optim.OPTIMIZERS, f'{field}.name={opt.name!r} is unknown; choose one of {optim.OPTIMIZERS}')
   _require(opt.schedule in optim.SCHEDULES,
@@ -50,7 +72,15 @@ def _check_optimizer(opt, field: str) -> None:
   _require(opt.learning_rate > 0, f'{field}.learning_rate={opt.learning_rate} must be > 0')
   _require(opt.weight_decay >= 0, f'{field}.weight_decay={opt.weight_decay} must be >= 0')
   _require(0 <= opt.momentum < 1, f'{field}.momentum={opt.momentum} must be in [0, 1)')
-  _require(opt.warmup_steps >= 0, f'{field}.warmup_steps={opt.warmup_steps} must be >= 0')
+  _check_int(opt.warmup_steps, f'{field}.warmup_steps', minimum=0)
+  for beta in ('b1', 'b2'):
+    _require(0 <= opt[beta] < 1, f'{field}.{beta}={opt[beta]} must be in [0, 1)')
+  _require(opt.eps > 0, f'{field}.eps={opt.eps} must be > 0')
+  _require(0 <= opt.final_lr_fraction <= 1,
+           f'{field}.final_lr_fraction={opt.final_lr_fraction} must be in [0, 1]')
+  _require(0 < opt.decay_factor <= 1, f'{field}.decay_factor={opt.decay_factor} must be in (0, 1]')
+  _require(opt.grad_clip_norm >= 0,
+           f'{field}.grad_clip_norm={opt.grad_clip_norm} must be >= 0 (0: no clipping)')
   _require(opt.weight_decay_on in ('all', 'kernels'),
            f"{field}.weight_decay_on={opt.weight_decay_on!r} must be 'all' or 'kernels'")
   _require(all(0 < b < 1 for b in opt.decay_boundaries),
@@ -106,10 +136,17 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
                f"'{teacher_stage}' to stages")
     if config.teacher_dir:
       check_teacher_dir(config.teacher_dir)
+  else:
+    _require(not config.teacher_dir,
+             f"teacher_dir={config.teacher_dir} is set but stages include '{teacher_stage}', "
+             'which trains the teacher itself, so teacher_dir would be ignored; drop one of them')
 
+  _check_finite(config)
   seeds = tuple(config.seeds)
-  _require(len(seeds) > 0 and all(isinstance(s, int) for s in seeds),
-           f'seeds={seeds} must be a non-empty list of integers')
+  _require(len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                  for s in seeds),
+           f'seeds={seeds} must be a non-empty list of integers >= 0')
+  _check_int(config.seed, 'seed', minimum=0)
   _require(len(set(seeds)) == len(seeds), f'seeds={seeds} repeats a seed')
 
   _require(config.model.dtype in DTYPES, f'model.dtype={config.model.dtype!r} must be one of {DTYPES}')
@@ -148,6 +185,11 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   thin, wide = networks.thin, networks.wide
+  if not is_text(config) and config.model.num_classes:
+    classes = datasets.image_shape_and_classes(config.data)[1]
+    _require(config.model.num_classes >= classes,
+             f'model.num_classes={config.model.num_classes} is below the {classes} classes of '
+             f'data.name={config.data.name!r}; use 0 (the dataset\'s) or at least {classes}')
   if is_text(config):
     _require(config.data.seq_len <= config.model.max_position,
              f'data.seq_len={config.data.seq_len} exceeds model.max_position='
@@ -205,10 +247,15 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
           _require(config[other].steps > 0,
                    f'{stage}.steps=-1 needs {other}.steps > 0 to count the equal budget')
     try:
-      stage_steps(config, stage, thin)
+      steps = stage_steps(config, stage, thin)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+    warmup = stage_cfg.optimizer.warmup_steps
+    _require(warmup <= steps,
+             f'{stage}.optimizer.warmup_steps={warmup} is longer than the stage ({steps} '
+             'steps): it would never reach its learning rate')
 
+  _check_int(config.mesh.num_devices, 'mesh.num_devices', minimum=0)
   try:
     num_devices = config.mesh.num_devices or jax.device_count()
     _require(num_devices <= jax.device_count(),
@@ -224,15 +271,19 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
              f'(mesh data x fsdp)')
   _require(config.eval_batch_size % dp == 0,
            f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')
-  _check_shardings(networks, sizes, mesh_lib.rules_from_config(config.mesh.rules))
+  # The planner (data=False) sizes for other chips than this machine's: it reports the fit.
+  _check_shardings(networks, sizes, mesh_lib.rules_from_config(config.mesh.rules),
+                   memory=device_memory_bytes() if data else None)
 
 
-def _check_shardings(networks, sizes, rules) -> None:
-  """Every network's parameters split evenly under the mesh rules (traced, not compiled)."""
+def _check_shardings(networks, sizes, rules, memory: float | None) -> None:
+  """Every network's parameters split evenly under the mesh rules, and fit the devices' `memory`
+  (None: not checked); traced, not compiled."""
   checked = [('thin', networks.thin, networks.task), ('wide', networks.wide, networks.task)]
   if networks.downstream is not None:
     down = networks.downstream
     checked += [('thin', down.thin, down.task), ('wide', down.wide, down.task)]
+  num_devices = math.prod(sizes.values())
   for role, model, task in checked:
     boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
                            task.sample_batch())
@@ -240,3 +291,36 @@ def _check_shardings(networks, sizes, rules) -> None:
       mesh_lib.check_divisible(boxed, sizes, rules, f'the {role} network')
     except ValueError as e:
       raise ConfigError(str(e)) from None
+    params = [x for x in jax.tree.leaves(nn.meta.unbox(boxed.get('params', {})))]
+    count = sum(math.prod(x.shape) for x in params)
+    # A floor of what training needs on each device: parameters and their gradients, split
+    # evenly over every device (no sharding does better; optimizer state and activations come
+    # on top).
+    floor = 2 * sum(math.prod(x.shape) * x.dtype.itemsize for x in params) / num_devices
+    field = 'thin_width' if role == 'thin' else 'wide_width'
+    if memory is None:
+      continue
+    _require(floor <= memory,
+             f'{field}={getattr(networks, role).width_multiplier:g} gives the {role} network {count:,} parameters: training needs at least '
+             f'{floor / 2**30:.1f} GiB per device for them and their gradients even split over '
+             f'all {num_devices} devices, more than a device has ({memory / 2**30:.1f} GiB); '
+             'lower the width or add devices (python -m gwtn_jax.plan sizes a config)')
+
+
+def device_memory_bytes() -> float | None:
+  """The memory of one local device (None if unknown): an accelerator's limit, or the host's
+  memory shared by its CPU devices."""
+  device = jax.local_devices()[0]
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if stats.get('bytes_limit'):
+    return float(stats['bytes_limit'])
+  if device.platform == 'cpu':
+    try:
+      host = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (ValueError, OSError, AttributeError):
+      return None
+    return host / jax.local_device_count()
+  return None

@@ -12,6 +12,7 @@ import os
 
 from gwtn_jax import storage
 from gwtn_jax.config.schema import ConfigError
+from gwtn_jax.train import layout
 
 
 # Fields a rerun in the same workdir may change: how long stages run, how often they log, eval
@@ -64,16 +65,72 @@ def changed_fields(old: dict, new: dict) -> list[str]:
   return sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f) and not _may_change(f))
 
 
+STAGES_DIR = 'stages'  # WORKDIR/stages/<stage folder>/ (gwtn_jax.train.layout)
+
+
+def _read_json(path: str, what: str):
+  """A JSON file of the workdir, or the one-line refusal naming it (it is never rewritten)."""
+  try:
+    text = storage.read_text(path)
+    reason = 'it is empty' if not text.strip() else None
+    value = None if reason else json.loads(text)
+  except (ValueError, UnicodeDecodeError) as e:
+    reason = f'not JSON ({storage.one_line(e)})'
+  if reason:
+    raise ConfigError(f'{path} ({what}) cannot be read: {reason}; it is left as it is: restore '
+                      'it, use a new workdir, or pass --start_over to set the old run aside')
+  return value
+
+
+def trained_stages(workdir: str) -> list[str]:
+  """The stage folders of the workdir that hold training (a result or a checkpoint), as paths
+  under `stages/` ('wide', 'seed0/thin_kd', ...)."""
+  found = []
+
+  def visit(relative: str, depth: int) -> None:
+    folder = os.path.join(workdir, STAGES_DIR, relative)
+    names = storage.listdir(folder) if storage.isdir(folder) else []
+    checkpoints = os.path.join(folder, layout.CHECKPOINTS_DIR)
+    if layout.RESULT_FILE in names or (layout.CHECKPOINTS_DIR in names
+                                       and storage.listdir(checkpoints)):
+      found.append(relative)
+    elif depth < 3:  # a seed's folder holds its stages' folders
+      for name in sorted(names):
+        if storage.isdir(os.path.join(folder, name)):
+          visit(os.path.join(relative, name) if relative else name, depth + 1)
+
+  visit('', 0)
+  return found
+
+
 def check_workdir_config(config, workdir: str) -> None:
-  """Refuses a config that differs from the one the workdir was started with.
+  """Refuses a config that differs from the one the workdir's networks were trained with.
+
+  A workdir whose stages trained is bound to its `config.json`: a rerun may change only
+  RERUN_FIELDS, and stages without a readable `config.json` are refused (their config is
+  unknown). A workdir where nothing trained yet (a run that stopped before its first step)
+  takes the new config. Every stage's `result.json` must be readable.
 
   Raises:
-    ConfigError: one line naming the fields that differ.
+    ConfigError: one line naming the fields that differ or the file that is wrong.
   """
   path = os.path.join(workdir, CONFIG_FILE)
+  trained = trained_stages(workdir)
+  for name in trained:
+    result = os.path.join(workdir, STAGES_DIR, name, layout.RESULT_FILE)
+    if storage.exists(result):
+      _read_json(result, f'the record of the finished stage {name}')
   if not storage.exists(path):
+    if trained:
+      raise ConfigError(
+          f'--workdir={workdir} holds trained stages ({", ".join(trained[:4])}'
+          f'{", ..." if len(trained) > 4 else ""}) but no {CONFIG_FILE}, so the config they were '
+          'trained with is unknown; restore it, use a new workdir, or pass --start_over to '
+          'set the old run aside')
     return
-  old = json.loads(storage.read_text(path))
+  old = _read_json(path, 'the config the workdir was started with')
+  if not trained:
+    return  # nothing trained under the old config: the new one replaces it
   new = json.loads(config.to_json_best_effort())
   fields = changed_fields(old, new)
   if fields:

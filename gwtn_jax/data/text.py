@@ -228,6 +228,12 @@ def _parse(config) -> _Options:
   if opts.vocab_file and not storage.isfile(opts.vocab_file):
     raise ValueError(f'data.vocab_file={opts.vocab_file!r} is not a file; give a BERT '
                      "vocab.txt or '' to train one")
+  if opts.vocab_file:
+    wordpiece.check_vocab_file(opts.vocab_file)
+  cache_dir = opts.cache.remote or opts.cache.local
+  if storage.isfile(cache_dir):
+    raise ValueError(f'data.cache_dir={cache_dir} is a file; give a folder (or \'\' for '
+                     f'{text_cache.DEFAULT_CACHE_DIR})')
   if name == 'tfds' and not opts.tfds_name:
     raise ValueError("data.tfds_name is empty; name the tfds text dataset for "
                      "data.name='tfds'")

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from gwtn_jax import storage
 from gwtn_jax.data import corpus as corpus_lib
 from gwtn_jax.data import text_cache
 
@@ -48,6 +49,32 @@ def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
   return path
 
 
+def check_vocab_text(text: str, vocab_file: str) -> None:
+  """A BERT vocab.txt's text: one token per line, the special tokens among them.
+
+  Raises:
+    ValueError: one line naming `data.vocab_file`.
+  """
+  tokens = {line.rstrip('\r') for line in text.split('\n')} - {''}
+  if not tokens:
+    raise ValueError(f'data.vocab_file={vocab_file!r} is empty; give a BERT vocab.txt (one '
+                     "token per line) or '' to train one")
+  missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+  if missing:
+    raise ValueError(f'data.vocab_file={vocab_file!r} lacks the tokens {missing}; a BERT '
+                     'vocab.txt has them all')
+
+
+def check_vocab_file(vocab_file: str) -> None:
+  """`check_vocab_text` of a file (local or gs://), refusing one that is not UTF-8 text."""
+  try:
+    text = storage.read_text(vocab_file)
+  except UnicodeDecodeError:
+    raise ValueError(f'data.vocab_file={vocab_file!r} is not UTF-8 text (a binary file?); '
+                     'give a BERT vocab.txt, one token per line') from None
+  check_vocab_text(text, vocab_file)
+
+
 def load_wordpiece(vocab_file: str, lowercase: bool = True):
   """A `tokenizers.Tokenizer` for a standard BERT vocab.txt (BERT normalizer,
   pre-tokenizer and WordPiece decoder; no [CLS]/[SEP] added on encoding).
@@ -57,10 +84,7 @@ def load_wordpiece(vocab_file: str, lowercase: bool = True):
   """
   from tokenizers import implementations  # pylint: disable=g-import-not-at-top
   with open(vocab_file, encoding='utf-8') as f:
-    tokens = {line.rstrip('\n') for line in f}
-  missing = [t for t in SPECIAL_TOKENS if t not in tokens]
-  if missing:
-    raise ValueError(f'data.vocab_file={vocab_file!r} lacks the tokens {missing}')
+    check_vocab_text(f.read(), vocab_file)
   tok = implementations.BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
   tok = tok._tokenizer  # pylint: disable=protected-access
   tok.post_processor = None  # Packing adds [CLS] / [SEP] itself.

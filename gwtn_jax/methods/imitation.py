@@ -92,6 +92,9 @@ def imitated_points(thin: nn.Module, wide: nn.Module, config) -> list[tuple[str,
                      f'{len(thin_points)} points are imitated')
   if any(w < 0 for w in config.point_weights):
     raise ValueError(f'imitate.point_weights={tuple(config.point_weights)} must be >= 0')
+  if config.point_weights and not any(w > 0 for w in config.point_weights):
+    raise ValueError(f'imitate.point_weights={tuple(config.point_weights)} are all zero: '
+                     'nothing would be imitated')
   return [(thin_points[i], wide_points[m]) for i, m in enumerate(layer_map)]
 
 
@@ -335,6 +338,12 @@ def _check_imitate(config, thin: nn.Module, wide: nn.Module) -> None:
     steps = config.imitate.steps
     if not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
       raise ValueError(f'imitate.steps={steps!r} must be a positive integer')
+  else:  # every phase has the whole schedule over its own steps
+    warmup, phase = config.imitate.optimizer.warmup_steps, config.imitate.steps_per_point
+    if warmup > phase:
+      raise ValueError(f'imitate.optimizer.warmup_steps={warmup} is longer than a phase '
+                       f'(imitate.steps_per_point={phase}): no phase would reach its learning '
+                       'rate')
   imitated_points(thin, wide, config.imitate)
 
 

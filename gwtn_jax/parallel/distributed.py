@@ -34,6 +34,11 @@ def initialize(coordinator_address: str = '', num_processes: int = 0, process_id
   num_processes = num_processes or int(os.environ.get(ENV[1], '0') or 0)
   if process_id < 0:
     process_id = int(os.environ.get(ENV[2], '-1') or -1)
+  if not coordinator_address and (num_processes > 1 or process_id > 0) and not _on_tpu_pod():
+    raise ValueError(
+        f'--num_processes={num_processes} --process_id={process_id} without '
+        f'--coordinator_address (or {ENV[0]}): give process 0\'s host:port, or drop them for '
+        'one process')
   if coordinator_address:
     if num_processes < 1 or not 0 <= process_id < num_processes:
       raise ValueError(
