@@ -52,6 +52,7 @@ def main(argv):
   except ValueError as e:
     cli.refuse(str(e))
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import data  # pylint: disable=g-import-not-at-top
   from gwtn_jax import pipeline  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -61,7 +62,8 @@ def main(argv):
                jax.local_devices())
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, data.DataError) as e:
+    # DataError: broken data met mid-run; the loop let its pending saves finish first.
     cli.refuse(str(e))
   except preemption.StopRequested as e:
     print(e.message, flush=True)

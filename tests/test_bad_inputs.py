@@ -77,6 +77,51 @@ def _wide(**fields) -> tuple[str, ...]:
 
 
 WD = '--workdir={dir}/wd'
+KD_ONLY = '--config.stages=("thin_kd",)'
+
+
+def _idx(folder: str, damage: str) -> None:
+  """A small IDX folder (tests/test_data.py's), then one file damaged."""
+  from test_data import make_idx_folder  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.data import idx as idx_lib  # pylint: disable=g-import-not-at-top
+  root = make_idx_folder(os.path.join(folder, 'idx'), n_train=40, n_test=20, hw=(28, 28),
+                         bad_label_at=7 if damage == 'label' else None)
+  images = os.path.join(root, idx_lib.IDX_FILES[('train', 'images')] + '.gz')
+  with open(images, 'rb') as f:
+    whole = f.read()
+  if damage == 'truncated':
+    _write(images, whole[:len(whole) // 2])
+  elif damage == 'not_gzip':
+    _write(images, b'plain bytes named .gz')
+
+
+def _stage(folder: str, width: float = 1.0, damage: str = '') -> None:
+  """A finished stage folder of the tiny fmnist ResNet at `width` (its network zeros), as a
+  teacher_dir; `damage`: 'metadata' removes the checkpoint's metadata, 'unfinished' the
+  result."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.get_model('cifar_resnet8', num_classes=10, width_multiplier=width,
+                           stem_strides=2)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, 28, 28, 1)))
+  variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                           nn.meta.unbox({c: shapes[c] for c in ('params', 'batch_stats')}))
+  stage = os.path.join(folder, 'teacher')
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(stage, 'final'), variables)
+  if damage == 'metadata':
+    os.remove(os.path.join(stage, 'final', '_METADATA'))
+  if damage != 'unfinished':
+    _write(os.path.join(stage, 'result.json'), '{"steps": 4}')
+
+
+TEACHER = '--config.teacher_dir={dir}/teacher'
 
 ROWS = [
     # 1. A wrong result reported as a right one.
@@ -116,6 +161,23 @@ ROWS = [
     Row('negative_wide_seed', (FMNIST, WD, '--config.seed=-3'), 'seed=-3 must be an integer >= 0'),
     Row('fewer_classes_than_the_data', (FMNIST, WD, '--config.model.num_classes=3'),
         'model.num_classes=3 is below the 10 classes'),
+    # 4. Data broken in the middle: found at start-up.
+    Row('idx_truncated_gz', (FMNIST, WD, '--config.data.dir={dir}/idx'),
+        'truncated or corrupt', setup=lambda d: _idx(d, 'truncated')),
+    Row('idx_not_gzip', (FMNIST, WD, '--config.data.dir={dir}/idx'), 'not a readable gzip file',
+        setup=lambda d: _idx(d, 'not_gzip')),
+    Row('idx_label_out_of_range', (FMNIST, WD, '--config.data.dir={dir}/idx'),
+        'example 7 has label 12, outside [0, 10)', setup=lambda d: _idx(d, 'label')),
+    # 5. Teacher folders that are not what they claim.
+    Row('teacher_is_a_thin_stage', (FMNIST, WD, KD_ONLY, TEACHER), 'is it a thin stage',
+        setup=lambda d: _stage(d, width=0.5)),
+    Row('teacher_of_another_architecture', (FMNIST, WD, KD_ONLY, TEACHER,
+                                            '--config.model.wide_name=cifar_resnet20'),
+        'holds another architecture', setup=_stage),
+    Row('teacher_final_truncated', (FMNIST, WD, KD_ONLY, TEACHER), 'network holds no arrays',
+        setup=lambda d: _stage(d, damage='metadata')),
+    Row('teacher_unfinished', (FMNIST, WD, KD_ONLY, TEACHER), 'no result.json there',
+        setup=lambda d: _stage(d, damage='unfinished')),
     # 3. Tracebacks where a line is owed.
     Row('config_syntax_error', ('--config={dir}/c.py', WD), 'c.py:2: SyntaxError',
         setup=_file('c.py', 'def get_config():\n  return (\n')),
@@ -227,3 +289,17 @@ def test_every_config_field_a_row_sets_exists():
         for part in arg[len('--config.'):].split('=')[0].split('.'):
           assert part in node, (row.id, arg)
           node = node[part]
+
+
+def test_a_teacher_of_the_configs_wide_network_is_accepted(tmp_path):
+  # The control of the teacher rows: the same folder at the config's width passes the check.
+  import tiny_config  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  _stage(str(tmp_path))
+  config = tiny_config.get_config('fmnist')
+  config.stages = ('thin_kd',)
+  config.teacher_dir = str(tmp_path / 'teacher')
+  config_lib.validate(config, None, data=False)
+  config.wide_width = 2.0
+  with pytest.raises(config_lib.ConfigError, match='is it a thin stage, or another width'):
+    config_lib.validate(config, None, data=False)

@@ -15,8 +15,10 @@ from gwtn_jax.config import schema
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import build_image_data
 from gwtn_jax.data import check_data_config
+from gwtn_jax.data import DataError
 from gwtn_jax.data import DatasetInfo
 from gwtn_jax.data import idx as idx_lib
+from gwtn_jax.data import image_sources
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FMNIST_MEAN, FMNIST_STD = 0.2860 * 255, 0.3530 * 255
@@ -288,10 +290,40 @@ def test_subsampling_takes_the_head(idx_dir):
 
 def test_bad_label_is_reported(tmp_path):
   folder = make_idx_folder(tmp_path / 'idx', n_train=10, bad_label_at=3)
-  data = build_image_data(idx_config(folder))
-  with pytest.raises(ValueError, match=r'example 3 has label 12, outside \[0, '
-                                       r'num_classes=10\)'):
+  # At start-up: the labels file is scanned (it is small).
+  with pytest.raises(ValueError, match=r'train-labels-idx1-ubyte.gz: example 3 has label 12, '
+                                       r'outside \[0, 10\)'):
+    check_data_config(idx_config(folder))
+  # Met while reading (data no start-up check can see, e.g. a tfds record): a DataError.
+  good = make_idx_folder(tmp_path / 'good', n_train=10)
+  data = build_image_data(idx_config(good))
+  images, labels = idx_lib.read_idx_split(folder, 'train')
+  data._train = image_sources._ArraySource(images, labels)  # pylint: disable=protected-access
+  with pytest.raises(DataError, match=r'example 3 has label 12, outside \[0, '
+                                      r'num_classes=10\)'):
     next(data.train_batches(global_batch_size=10, seed=0))
+
+
+def test_truncated_and_mislabelled_idx_files_are_found_at_start_up(tmp_path):
+  folder = make_idx_folder(tmp_path / 'idx', n_train=40)
+  images = os.path.join(folder, idx_lib.IDX_FILES[('train', 'images')] + '.gz')
+  labels = os.path.join(folder, idx_lib.IDX_FILES[('test', 'labels')])
+  whole = open(images, 'rb').read()
+  open(images, 'wb').write(whole[:len(whole) // 2])  # a download cut short
+  with pytest.raises(ValueError, match='gzip trailer gives .* truncated or corrupt'):
+    check_data_config(idx_config(folder))
+  open(images, 'wb').write(b'not gzip at all')
+  with pytest.raises(ValueError, match='not a readable gzip file'):
+    check_data_config(idx_config(folder))
+  open(images, 'wb').write(whole)
+  check_data_config(idx_config(folder))
+  raw = open(labels, 'rb').read()
+  open(labels, 'wb').write(raw[:-3])
+  with pytest.raises(ValueError, match=r'bytes, but its header declares .*: truncated'):
+    check_data_config(idx_config(folder))
+  open(labels, 'wb').write(raw + b'xx')
+  with pytest.raises(ValueError, match='trailing bytes'):
+    check_data_config(idx_config(folder))
 
 
 # ----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from gwtn_jax.config.schema import stage_value
 from gwtn_jax.config.schema import stages_of
 from gwtn_jax.methods import registry
 from gwtn_jax.parallel import mesh as mesh_lib
+from gwtn_jax.train import checkpoint as checkpoint_lib
 from gwtn_jax.train import layout
 from gwtn_jax.train import optim
 
@@ -185,6 +186,8 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   thin, wide = networks.thin, networks.wide
+  if config.teacher_dir and registry.teacher_stage() not in stages:
+    _check_teacher_network(config, networks)
   if not is_text(config) and config.model.num_classes:
     classes = datasets.image_shape_and_classes(config.data)[1]
     _require(config.model.num_classes >= classes,
@@ -305,6 +308,46 @@ def _check_shardings(networks, sizes, rules, memory: float | None) -> None:
              f'{floor / 2**30:.1f} GiB per device for them and their gradients even split over '
              f'all {num_devices} devices, more than a device has ({memory / 2**30:.1f} GiB); '
              'lower the width or add devices (python -m gwtn_jax.plan sizes a config)')
+
+
+def _abstract_variables(model, task) -> dict[str, tuple[int, ...]]:
+  """'collection/module/.../name' -> shape of the variables a stage exports for `model`."""
+  boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
+                         task.sample_batch())
+  variables = nn.meta.unbox({c: v for c, v in boxed.items() if c in ('params', 'batch_stats')})
+  key = lambda k: str(getattr(k, 'key', k))
+  return {'/'.join(key(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+
+
+def _check_teacher_network(config, networks) -> None:
+  """The network in `teacher_dir` is the config's wide network: same arrays, same shapes
+  (from the checkpoint's metadata, before anything is restored or compiled)."""
+  where = f'teacher_dir={config.teacher_dir}'
+  try:
+    found = checkpoint_lib.final_shapes(os.path.join(config.teacher_dir, layout.FINAL_DIR))
+  except checkpoint_lib.CheckpointError as e:
+    raise ConfigError(f'{where}: its {layout.FINAL_DIR}/ network cannot be read: '
+                      f'{storage.one_line(e)}') from None
+  if not found:
+    raise ConfigError(f'{where}: its {layout.FINAL_DIR}/ network holds no arrays (truncated, '
+                      'or not written by this library); rerun the stage that wrote it')
+  expected = _abstract_variables(networks.wide, networks.task)
+  # Parameters first: their names say more than the statistics'.
+  expected = dict(sorted(expected.items(), key=lambda kv: not kv[0].startswith('params/')))
+  name = config.model.wide_name or config.model.name
+  wide = f'the config\'s wide network ({name}, wide_width={config.wide_width:g})'
+  for path, shape in expected.items():
+    if path not in found:
+      raise ConfigError(f'{where} holds another architecture: it lacks {path} {shape} of {wide}'
+                        f' ({len(found)} arrays there, {len(expected)} expected)')
+    if found[path] != shape:
+      raise ConfigError(f'{where} holds another network: {path} is {found[path]} there but '
+                        f'{shape} in {wide}; is it a thin stage, or another width?')
+  extra = sorted(set(found) - set(expected))
+  if extra:
+    raise ConfigError(f'{where} holds another architecture: {extra[0]} {found[extra[0]]} is '
+                      f'not in {wide} ({len(found)} arrays there, {len(expected)} expected)')
 
 
 def device_memory_bytes() -> float | None:

@@ -15,6 +15,7 @@ from gwtn_jax.data.classify import ClassifyData
 from gwtn_jax.data.classify import ClassifyInfo
 from gwtn_jax.data.classify import build_classify_data
 from gwtn_jax.data.classify import check_classify_config
+from gwtn_jax.data.errors import DataError
 from gwtn_jax.data.images import build_image_data
 from gwtn_jax.data.images import check_data_config
 from gwtn_jax.data.images import DatasetInfo
@@ -24,6 +25,6 @@ from gwtn_jax.data.text import TextInfo
 from gwtn_jax.data.text import build_text_data
 from gwtn_jax.data.text import check_text_config
 
-__all__ = ['ClassifyData', 'ClassifyInfo', 'DatasetInfo', 'ImageData', 'TextData',
+__all__ = ['ClassifyData', 'ClassifyInfo', 'DataError', 'DatasetInfo', 'ImageData', 'TextData',
            'TextInfo', 'build_classify_data', 'build_image_data', 'build_text_data',
            'check_classify_config', 'check_data_config', 'check_text_config']

@@ -12,9 +12,11 @@ with a `.gz` suffix, works (MNIST's files have the same names).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -43,6 +45,16 @@ class IdxFormatError(ValueError):
 
 def _open(path: str):
   return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+@contextlib.contextmanager
+def _decoding(path: str):
+  """Turns a gzip stream's own errors into IdxFormatError naming the file."""
+  try:
+    yield
+  except (OSError, EOFError, zlib.error) as e:
+    raise IdxFormatError(f'{path}: not a readable gzip file ({e}): truncated, or not '
+                         'compressed though named .gz') from None
 
 
 def _read_exactly(f, num_bytes: int, path: str, what: str) -> bytes:
@@ -77,7 +89,7 @@ def read_idx_header(path: str) -> tuple[np.dtype, tuple[int, ...]]:
   Raises:
     IdxFormatError: the header is malformed.
   """
-  with _open(path) as f:
+  with _decoding(path), _open(path) as f:
     return _read_header(f, path)
 
 
@@ -96,7 +108,7 @@ def read_idx(path: str, max_items: int = 0) -> np.ndarray:
     IdxFormatError: bad magic number, unknown type code, or fewer data bytes than the
       dimensions declare (or more, for a raw file read whole).
   """
-  with _open(path) as f:
+  with _decoding(path), _open(path) as f:
     dtype, shape = _read_header(f, path)
     if max_items > 0:
       shape = (min(shape[0], max_items),) + shape[1:]
@@ -135,8 +147,48 @@ def read_idx_split(folder: str, split: str,
   return images[..., None], labels.astype(np.int32)
 
 
-def check_idx_split(folder: str, split: str) -> dict[str, str]:
-  """Checks one split of an IDX folder from the file headers alone (cheap).
+def check_idx_size(path: str) -> None:
+  """Checks that an IDX file holds exactly the bytes its header declares (cheap: its size, or
+  for a .gz file the uncompressed size in its gzip trailer, which a truncated file lacks).
+
+  Raises:
+    IdxFormatError: the header is malformed, or the file is truncated or too long.
+  """
+  dtype, shape = read_idx_header(path)
+  expected = 4 + 4 * len(shape) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  if not path.endswith('.gz'):
+    size = os.path.getsize(path)
+    if size != expected:
+      what = 'truncated' if size < expected else 'trailing bytes after the data'
+      raise IdxFormatError(f'{path}: {size} bytes, but its header declares {expected} '
+                           f'(data of shape {shape}): {what}')
+    return
+  with open(path, 'rb') as f:
+    f.seek(-4, os.SEEK_END)
+    stored = struct.unpack('<I', f.read(4))[0]  # ISIZE: the uncompressed size mod 2^32
+  if stored != expected % 2**32:
+    raise IdxFormatError(f'{path}: its gzip trailer gives {stored} uncompressed bytes, but its '
+                         f'header declares {expected} (data of shape {shape}): the file is '
+                         'truncated or corrupt')
+
+
+def check_labels(path: str, num_classes: int) -> None:
+  """Scans a labels file (small: one byte per example) for labels outside [0, num_classes).
+
+  Raises:
+    IdxFormatError: naming the file and the first bad example.
+  """
+  labels = read_idx(path)
+  bad = (labels < 0) | (labels >= num_classes)
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise IdxFormatError(f'{path}: example {i} has label {int(labels[i])}, outside '
+                         f'[0, {num_classes})')
+
+
+def check_idx_split(folder: str, split: str, num_classes: int = 0) -> dict[str, str]:
+  """Checks one split of an IDX folder from the file headers and sizes (cheap), and with
+  `num_classes` the range of its labels.
 
   Returns:
     {'images': path, 'labels': path}.
@@ -164,4 +216,8 @@ def check_idx_split(folder: str, split: str) -> dict[str, str]:
     raise IdxFormatError(
         f'{paths["images"]} holds {images_shape[0]} images but {paths["labels"]} '
         f'holds {labels_shape[0]} labels')
+  for path in paths.values():
+    check_idx_size(path)
+  if num_classes:
+    check_labels(paths['labels'], num_classes)
   return paths

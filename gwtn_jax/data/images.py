@@ -47,6 +47,7 @@ import numpy as np
 
 from gwtn_jax.data import augment as aug
 from gwtn_jax.data import datasets
+from gwtn_jax.data import errors
 from gwtn_jax.data import idx as idx_lib
 from gwtn_jax.data import image_sources
 from gwtn_jax.data import sampling
@@ -168,7 +169,7 @@ def _check_idx(opts: _Options) -> None:
         'at a folder of them')
   for split in {opts.train_split, opts.eval_split}:
     try:
-      idx_lib.check_idx_split(folder, split)
+      idx_lib.check_idx_split(folder, split, datasets.IMAGE_DATASETS[opts.name].num_classes)
     except idx_lib.IdxFormatError as e:
       raise ValueError(f'data.dir={folder}: {e}') from e
 
@@ -279,7 +280,7 @@ class ImageData:
     bad = (labels < 0) | (labels >= self.info.num_classes)
     if bad.any():
       i = int(np.argmax(bad))
-      raise ValueError(
+      raise errors.DataError(
           f'{self.info.name} {split}: example {int(indices[i])} has label '
           f'{int(labels[i])}, outside [0, num_classes={self.info.num_classes})')
     return images, labels.astype(np.int32)

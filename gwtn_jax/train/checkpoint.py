@@ -144,6 +144,25 @@ def save_final(directory: str, variables: Any) -> None:
                           'the checkpoints of the stage are intact: rerun to try again') from e
 
 
+def final_shapes(directory: str) -> dict[str, tuple[int, ...]]:
+  """'collection/module/.../name' -> shape of every array of a finished stage's output, from
+  its metadata alone (nothing is restored).
+
+  Raises:
+    CheckpointError: the metadata cannot be read (a folder truncated or not orbax's).
+  """
+  directory = storage.resolve(directory)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(directory)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'cannot read the metadata of {directory} ({_one_line(e)})') from e
+  tree = getattr(metadata, 'item_metadata', metadata)
+  key = lambda k: str(getattr(k, 'key', getattr(k, 'idx', k)))
+  return {'/'.join(key(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def restore_final(directory: str, target: Any) -> Any:
   """Restores a finished stage's network into the shardings of `target`."""
   directory = storage.resolve(directory)
