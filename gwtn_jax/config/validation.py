@@ -20,6 +20,7 @@ from gwtn_jax import builders
 from gwtn_jax import data as data_lib
 from gwtn_jax import storage
 from gwtn_jax.data import datasets
+from gwtn_jax.config import schema
 from gwtn_jax.config import workdir as workdir_lib
 from gwtn_jax.config.schema import ConfigError
 from gwtn_jax.config.schema import DTYPES
@@ -64,6 +65,59 @@ def _check_finite(config, prefix: str = '') -> None:
     for v in values:
       if isinstance(v, float) and not math.isfinite(v):
         raise ConfigError(f'{field}={value!r} must be finite')
+
+
+# Fields that only some choices read: (field, the choices that read it, what chooses). A field
+# set away from its default where nothing reads it is refused: it would be silently ignored.
+_OPTIMIZER_FIELDS = (
+    ('momentum', ('sgd',), 'name'), ('nesterov', ('sgd',), 'name'),
+    ('b1', ('adamw',), 'name'), ('b2', ('adamw',), 'name'), ('eps', ('adamw',), 'name'),
+    ('weight_decay_on', None, None),
+    ('final_lr_fraction', ('cosine', 'linear'), 'schedule'),
+    ('decay_boundaries', ('step',), 'schedule'), ('decay_factor', ('step',), 'schedule'),
+)
+_BERT_MODEL_FIELDS = ('pre_layer_norm', 'dropout_rate', 'attention_dropout_rate',
+                      'max_position', 'nsp_head', 'scan_layers', 'remat')
+
+
+def _check_read(value, default, field: str, why: str) -> None:
+  _require(value == default, f'{field}={value!r} has no effect {why}; drop it (its default is '
+           f'{default!r})')
+
+
+def _check_no_ignored_fields(config, stages) -> None:
+  """Refuses a field set away from its default where nothing reads it (it would be ignored)."""
+  defaults = schema.optimizer_config()
+  for stage in stages:
+    opt, field = config[stage].optimizer, f'{stage}.optimizer'
+    for name, readers, chooser in _OPTIMIZER_FIELDS:
+      if readers and opt[chooser] not in readers:
+        _check_read(opt[name], defaults[name], f'{field}.{name}',
+                    f"with {field}.{chooser}={opt[chooser]!r}")
+    if opt.name == 'sgd' and not opt.weight_decay:
+      _check_read(opt.weight_decay_on, defaults.weight_decay_on, f'{field}.weight_decay_on',
+                  f'without {field}.weight_decay')
+  model, base = config.model, schema.base_config().model
+  if is_text(config):
+    for name in ('stem_strides', 'num_filters'):
+      _check_read(model[name], base[name], f'model.{name}', 'on a BERT (model.name='
+                  f'{model.name!r})')
+  else:
+    for name in _BERT_MODEL_FIELDS:
+      _check_read(model[name], base[name], f'model.{name}', 'on a ResNet (BERT only)')
+    names = {model.name, model.wide_name or model.name}
+    if not any(n.startswith('cifar_') for n in names):
+      _check_read(model.stem_strides, base.stem_strides, 'model.stem_strides',
+                  f'with the ImageNet stem of model.name={model.name!r} (CIFAR stems only)')
+    data, base = config.data, schema.base_config().data
+    if data.name != 'imagenet2012':
+      _check_read(data.image_size, base.image_size, 'data.image_size',
+                  f"with data.name={data.name!r} (imagenet2012 only)")
+    if data.name != 'synthetic':
+      for name in [n for n in base if n.startswith('synthetic_')]:
+        _check_read(tuple(data[name]) if isinstance(data[name], (list, tuple)) else data[name],
+                    tuple(base[name]) if isinstance(base[name], (list, tuple)) else base[name],
+                    f'data.{name}', f"with data.name={data.name!r} (synthetic data only)")
 
 
 def _check_optimizer(opt, field: str) -> None:
@@ -143,6 +197,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
              'which trains the teacher itself, so teacher_dir would be ignored; drop one of them')
 
   _check_finite(config)
+  _check_no_ignored_fields(config, stages)
   seeds = tuple(config.seeds)
   _require(len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                   for s in seeds),
