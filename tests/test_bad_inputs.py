@@ -145,6 +145,11 @@ ROWS = [
         'model.nsp_head=True has no effect on a ResNet'),
     Row('resnet_field_on_a_bert', (BERT, WD, '--config.model.num_filters=8'),
         "model.num_filters=8 has no effect on a BERT"),
+    Row('one_shot_field_with_progressive', (FMNIST, WD, '--config.imitate.steps=50'),
+        "imitate.steps=50 has no effect with imitate.schedule='progressive'"),
+    Row('progressive_field_with_one_shot', (FMNIST, WD, '--config.imitate.schedule=one_shot',
+                                            '--config.imitate.freeze_lower=True'),
+        'imitate.freeze_lower=True has no effect'),
     # 2. Values that cannot work.
     Row('adamw_negative_eps', (FMNIST, WD, '--config.wide.optimizer.name=adamw',
                                *_wide(eps=-1e-8)), 'wide.optimizer.eps=-1e-08 must be > 0'),

@@ -97,6 +97,15 @@ def _check_no_ignored_fields(config, stages) -> None:
     if opt.name == 'sgd' and not opt.weight_decay:
       _check_read(opt.weight_decay_on, defaults.weight_decay_on, f'{field}.weight_decay_on',
                   f'without {field}.weight_decay')
+  imitate, base = config.imitate, schema.base_config().imitate
+  if imitate.schedule == 'one_shot':
+    for name in ('loss_on', 'freeze_lower'):  # (steps_per_point: recipes set it for both)
+      _check_read(imitate[name], base[name], f'imitate.{name}',
+                  "with imitate.schedule='one_shot' (progressive only)")
+  else:
+    _check_read(imitate.steps, base.steps, 'imitate.steps',
+                f'with imitate.schedule={imitate.schedule!r} (one_shot only; a progressive '
+                'phase lasts imitate.steps_per_point)')
   model, base = config.model, schema.base_config().model
   if is_text(config):
     for name in ('stem_strides', 'num_filters'):
