@@ -52,7 +52,7 @@ BAD = [
     ({'probe.steps': -1}, r'probe.steps=-1 must be a positive integer'),
     ({'finetune.temperature': 0.0}, r'finetune.temperature=0.0 must be > 0'),
     ({'wide.optimizer.decay_boundaries': (0.5, 1.5)}, r'wide.optimizer.decay_boundaries=.* fractions'),
-    ({'wide.optimizer.warmup_steps': -1}, r'wide.optimizer.warmup_steps=-1 must be >= 0'),
+    ({'wide.optimizer.warmup_steps': -1}, r'wide.optimizer.warmup_steps=-1 must be an integer >= 0'),
     ({'wide.optimizer.momentum': 1.0}, r'wide.optimizer.momentum=1.0 must be in \[0, 1\)'),
     ({'wide.optimizer.weight_decay_on': 'biases'}, r'wide.optimizer.weight_decay_on='),
     ({'keep_checkpoints': 0}, r'keep_checkpoints=0 must be a positive integer'),

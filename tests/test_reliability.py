@@ -227,7 +227,7 @@ def test_a_failed_write_stops_with_one_line_and_keeps_earlier_checkpoints(tmp_pa
 
 def test_a_changed_config_is_refused_in_a_used_workdir(tmp_path):
   workdir = tmp_path / 'wd'
-  pipeline.run(tiny_config(**{'stages': ('wide',)}), str(workdir))
+  pipeline.run(tiny_config('fmnist', **{'stages': ('wide',)}), str(workdir))
   run = Run(workdir, '--config.stages=("wide",)', '--config.thin_width=0.25',
             '--config.wide.optimizer.learning_rate=0.5')
   assert run.wait() == 2
@@ -235,7 +235,8 @@ def test_a_changed_config_is_refused_in_a_used_workdir(tmp_path):
   assert len(out) == 1 and out[0].startswith('error: --workdir=') and 'thin_width' in out[0]
   assert 'wide.optimizer.learning_rate' in out[0]
   # Run-length and logging fields may change (a finished stage is still not rerun)...
-  pipeline.run(tiny_config(**{'stages': ('wide',), 'wide.steps': 8, 'log_every': 4}), str(workdir))
+  pipeline.run(tiny_config('fmnist', **{'stages': ('wide',), 'wide.steps': 8, 'log_every': 4}),
+               str(workdir))
   # ...and --start_over sets the old run aside, deleting nothing.
   run = Run(workdir, '--config.stages=("wide",)', '--config.thin_width=0.25', '--start_over')
   assert run.wait() == 0, run.output()
