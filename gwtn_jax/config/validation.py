@@ -206,7 +206,6 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
              'which trains the teacher itself, so teacher_dir would be ignored; drop one of them')
 
   _check_finite(config)
-  _check_no_ignored_fields(config, stages)
   seeds = tuple(config.seeds)
   _require(len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                   for s in seeds),
@@ -322,6 +321,8 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
              f'{stage}.optimizer.warmup_steps={warmup} is longer than the stage ({steps} '
              'steps): it would never reach its learning rate')
 
+  # Last of the field checks: a value out of range or a name unknown says more.
+  _check_no_ignored_fields(config, stages)
   _check_int(config.mesh.num_devices, 'mesh.num_devices', minimum=0)
   try:
     num_devices = config.mesh.num_devices or jax.device_count()
