@@ -25,7 +25,9 @@ def refuse(message: str) -> NoReturn:
 
 
 def _config_path(argv) -> str:
-  """The config file named on the command line ('' if none): `--config=FILE[:ARG]`."""
+  """The config file named on the command line ('' if none): `--config=FILE[:ARG]` (the last
+  one given, as absl takes it)."""
+  path = ''
   for i, arg in enumerate(argv):
     value = None
     if arg.startswith('--config='):
@@ -33,8 +35,8 @@ def _config_path(argv) -> str:
     elif arg == '--config' and i + 1 < len(argv):
       value = argv[i + 1]
     if value is not None:
-      return value.split(':', 1)[0]
-  return ''
+      path = value.split(':', 1)[0]
+  return path
 
 
 def _in_config_file(error: BaseException, path: str) -> str:

@@ -99,7 +99,7 @@ def run_main(*args, timeout=120):
     (['--config.model.name=resnet5'], "model.name='resnet5' is unknown"),
     (['--config.batch_size=abc'], "--config.batch_size=abc: invalid literal for int()"),
     (['--config.wide.optimizer.nam=sgd'], "no such field 'nam' (did you mean \"name\"?)"),
-    (['--config=configs/no_such_config.py'], "No such file or directory: 'configs/no_such_config.py'"),
+    (['--config=configs/no_such_config.py'], '--config: no such file configs/no_such_config.py'),
     (['--config=configs/fashion_mnist.py:fast'], "unknown argument 'fast'"),
     (['--config.thin_width=0.3'], 'thin_width=0.3 gives'),
     (['--config.data.dir=/nonexistent/fmnist'], 'apt-get install dataset-fashion-mnist'),
