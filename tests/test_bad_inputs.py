@@ -172,6 +172,8 @@ ROWS = [
         'are all zero'),
     Row('width_that_cannot_fit', (FMNIST, WD, '--config.wide_width=1000'),
         'wide_width=1000 gives the wide network'),
+    Row('negative_eval_every_of_a_stage_not_run', (FMNIST, WD, '--config.lit.eval_every=-5'),
+        'lit.eval_every=-5 must be an integer >= 0'),
     Row('negative_num_devices', (FMNIST, WD, '--config.mesh.num_devices=-1'),
         'mesh.num_devices=-1 must be an integer >= 0'),
     Row('processes_without_coordinator', (FMNIST, WD, '--num_processes=2', '--process_id=1'),
@@ -322,3 +324,25 @@ def test_a_teacher_of_the_configs_wide_network_is_accepted(tmp_path):
   config.wide_width = 2.0
   with pytest.raises(config_lib.ConfigError, match='is it a thin stage, or another width'):
     config_lib.validate(config, None, data=False)
+
+
+def test_a_workdir_where_nothing_trained_takes_a_new_config(tmp_path):
+  # A run refused after it wrote config.json (e.g. a data file found broken) left nothing
+  # trained: the corrected rerun is not refused as a changed config.
+  import json  # pylint: disable=g-import-not-at-top,reimported
+  import tiny_config  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.config import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / 'wd'
+  old = tiny_config.get_config('fmnist')
+  _write(str(wd / 'config.json'), old.to_json_best_effort())
+  _write(str(wd / 'stages' / 'wide' / 'checkpoints' / '.keep'), '')  # a stage folder, no step
+  new = tiny_config.get_config('fmnist')
+  new.data.dir = str(tmp_path / 'fixed')
+  workdir_lib.check_workdir_config(new, str(wd))
+  # Once a stage holds a checkpoint step, the same change is refused.
+  os.remove(wd / 'stages' / 'wide' / 'checkpoints' / '.keep')
+  _write(str(wd / 'stages' / 'wide' / 'checkpoints' / '2' / 'x'), 'state')
+  with pytest.raises(config_lib.ConfigError, match=r'was started with another config: data.dir'):
+    workdir_lib.check_workdir_config(new, str(wd))
+  assert json.loads((wd / 'config.json').read_text()) == json.loads(old.to_json_best_effort())

@@ -296,14 +296,19 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
         known[stage].check(config, thin, wide)
       except ValueError as e:
         raise ConfigError(str(e)) from None
+  # Every stage's section is range-checked, run or not: a bad value is wrong wherever it is.
+  for stage in (s for s in known if s in config):
+    stage_cfg = config[stage]
+    _check_int(stage_cfg.batch_size, f'{stage}.batch_size', minimum=0)
+    for field in ('eval_every', 'checkpoint_every'):
+      _check_int(stage_cfg[field], f'{stage}.{field}', minimum=0)
+    _check_optimizer(stage_cfg.optimizer, f'{stage}.optimizer')
   for stage in stages:
     stage_cfg = config[stage]
     declared = known[stage]
     if declared.length is None:
       _check_positive_int(stage_cfg.steps, f'{stage}.steps',
                           allow=(-1,) if declared.steps_as else ())
-    _require(stage_cfg.batch_size >= 0, f'{stage}.batch_size={stage_cfg.batch_size} must be >= 0')
-    _check_optimizer(stage_cfg.optimizer, f'{stage}.optimizer')
     if 'alpha' in stage_cfg:
       _require(0 <= stage_cfg.alpha <= 1, f'{stage}.alpha={stage_cfg.alpha} must be in [0, 1]')
       _require(stage_cfg.temperature > 0, f'{stage}.temperature={stage_cfg.temperature} must be > 0')

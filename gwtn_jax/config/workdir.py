@@ -91,8 +91,9 @@ def trained_stages(workdir: str) -> list[str]:
     folder = os.path.join(workdir, STAGES_DIR, relative)
     names = storage.listdir(folder) if storage.isdir(folder) else []
     checkpoints = os.path.join(folder, layout.CHECKPOINTS_DIR)
-    if layout.RESULT_FILE in names or (layout.CHECKPOINTS_DIR in names
-                                       and storage.listdir(checkpoints)):
+    steps = (storage.listdir(checkpoints) if layout.CHECKPOINTS_DIR in names else [])
+    # A step folder, finished or not ('4', '4.orbax-checkpoint-tmp-...'): training happened.
+    if layout.RESULT_FILE in names or any(n.split('.')[0].isdigit() for n in steps):
       found.append(relative)
     elif depth < 3:  # a seed's folder holds its stages' folders
       for name in sorted(names):
