@@ -115,6 +115,18 @@ def test_tokenizer_round_trip_and_vocab_file(data, tmp_path):
   np.testing.assert_array_equal(again.train_sequences, data.train_sequences)
 
 
+def test_training_the_vocabulary_twice_gives_the_same_bytes(tmp_path):
+  # The trainer numbers its alphabet in hash-map order, different on every call; the file
+  # is canonical, so hosts that each train it agree on every token id.
+  texts = [f'thou art {w} and {w}ly {w}er than the {i} stars' for i, w in
+           enumerate(['fair', 'foul', 'bold', 'cold', 'dark', 'mild'] * 40)]
+  files = [text.train_wordpiece(texts, 120, str(tmp_path / str(k))) for k in range(3)]
+  contents = [open(f, 'rb').read() for f in files]
+  assert contents[0] == contents[1] == contents[2]
+  lines = contents[0].decode().split('\n')[:-1]
+  assert lines[:5] == list(text.SPECIAL_TOKENS) and lines[5:] == sorted(lines[5:])
+
+
 def test_vocab_without_specials(tmp_path):
   path = tmp_path / 'vocab.txt'
   path.write_text('[PAD]\n[UNK]\nthe\n')

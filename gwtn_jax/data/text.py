@@ -26,7 +26,7 @@ documents.
 
 What is cached where (`data.cache_dir`, default ~/.cache/gwtn_jax/text):
 
-- wordpiece-<vocab_size>-<key>/vocab.txt: the trained vocabulary, keyed by the
+- wordpiece-v<version>-<vocab_size>-<key>/vocab.txt: the trained vocabulary, keyed by the
   passages' hash ('shakespeare') or by (tfds_name, builder version, train_split, text
   field, vocab_train_examples) ('tfds').
 - tokens/<split>-v<version>-<vocab hash>-<passages hash>.npz ('shakespeare'): the

@@ -25,6 +25,8 @@ DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'text')
 # Where a remote `data.cache_dir` is mirrored on each host (the files it memory-maps).
 MIRROR_DIR = os.path.join('~', '.cache', 'gwtn_jax', 'mirror')
 _CACHE_VERSION = 1
+# Of the trained vocabularies: 2 numbers the tokens canonically (`wordpiece.train_wordpiece`).
+VOCAB_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,10 +146,10 @@ def _tfds_key(opts, builder, *parts: str) -> str:
 
 
 def _tfds_vocab(opts, builder) -> str:
-  """cache_dir/wordpiece-<size>-<key>/vocab.txt, trained if absent on the first
+  """cache_dir/wordpiece-v<version>-<size>-<key>/vocab.txt, trained if absent on the first
   `vocab_train_examples` examples of the train split, streamed."""
   key = _tfds_key(opts, builder, opts.train_split, str(opts.vocab_train_examples))
-  out_dir = opts.cache.path(f'wordpiece-{opts.vocab_size}-{key}')
+  out_dir = opts.cache.path(f'wordpiece-v{text_cache.VOCAB_VERSION}-{opts.vocab_size}-{key}')
   path = os.path.join(out_dir, 'vocab.txt')
   if not opts.cache.has(path):
     logging.info('Training a %d-entry WordPiece vocabulary on %s %s into %s',

@@ -39,8 +39,13 @@ def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
                           special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000,
                           show_progress=False)
   os.makedirs(out_dir, exist_ok=True)
-  vocab = tok.get_vocab()
-  tokens = sorted(vocab, key=vocab.get)
+  # The trainer numbers its alphabet in hash-map order, which differs from one run (and one
+  # host) to the next even on the same texts; the set of tokens does not. So the ids are
+  # made canonical: the specials, then every other token in sorted order. WordPiece reads
+  # only the set, so the tokenization is the trainer's, and two hosts that both train get
+  # the same bytes.
+  vocab = set(tok.get_vocab()) - set(SPECIAL_TOKENS)
+  tokens = list(SPECIAL_TOKENS) + sorted(vocab)
   path = os.path.join(out_dir, 'vocab.txt')
   tmp = text_cache._tmp_name(path)
   with open(tmp, 'w', encoding='utf-8') as f:
@@ -93,8 +98,9 @@ def load_wordpiece(vocab_file: str, lowercase: bool = True):
 
 def cached_vocab(passages: Sequence[corpus_lib.Passage], vocab_size: int,
                  cache: text_cache._Cache) -> str:
-  """cache/wordpiece-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
-  out_dir = cache.path(f'wordpiece-{vocab_size}-{text_cache._passages_hash(passages)}')
+  """cache/wordpiece-v<version>-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
+  out_dir = cache.path(f'wordpiece-v{text_cache.VOCAB_VERSION}-{vocab_size}-'
+                       f'{text_cache._passages_hash(passages)}')
   path = os.path.join(out_dir, 'vocab.txt')
   if not cache.has(path):
     train_wordpiece([p.text for p in passages], vocab_size, out_dir)
