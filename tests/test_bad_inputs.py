@@ -346,3 +346,25 @@ def test_a_workdir_where_nothing_trained_takes_a_new_config(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r'was started with another config: data.dir'):
     workdir_lib.check_workdir_config(new, str(wd))
   assert json.loads((wd / 'config.json').read_text()) == json.loads(old.to_json_best_effort())
+
+
+def test_a_config_written_before_a_default_moved_still_matches(tmp_path):
+  # A workdir started before the schema gained synthetic_seed, when data.dir's default was the
+  # Debian folder rather than '' (the dataset's own): the same run today is not "changed".
+  import json  # pylint: disable=g-import-not-at-top,reimported
+  import tiny_config  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.config import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config.get_config('fmnist')
+  config.data.dir = ''
+  old = json.loads(config.to_json_best_effort())
+  old['data']['dir'] = '/usr/share/datasets/fashion-mnist'
+  old['data']['eval_split'] = 'test'
+  del old['data']['synthetic_seed']
+  wd = tmp_path / 'wd'
+  _write(str(wd / 'config.json'), json.dumps(old))
+  _write(str(wd / 'stages' / 'wide' / 'result.json'), '{"steps": 4}')
+  workdir_lib.check_workdir_config(config, str(wd))
+  config.data.synthetic_seed = 3  # a real change still is one
+  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError, match=r'data.synthetic_seed \(0 -> 3\)'):
+    workdir_lib.check_workdir_config(config, str(wd))

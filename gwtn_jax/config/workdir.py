@@ -11,7 +11,9 @@ import json
 import os
 
 from gwtn_jax import storage
+from gwtn_jax.config import schema
 from gwtn_jax.config.schema import ConfigError
+from gwtn_jax.data import datasets
 from gwtn_jax.train import layout
 
 
@@ -59,10 +61,37 @@ def _may_change(field: str) -> bool:
   return False
 
 
-def changed_fields(old: dict, new: dict) -> list[str]:
-  """Dotted fields whose values differ between two configs (as JSON), other than RERUN_FIELDS."""
-  a, b = _flatten(old), _flatten(new)
+def _resolved(flat: dict[str, object], defaults: dict[str, object]) -> dict[str, object]:
+  """A flattened config as it runs: a field it lacks (one the schema gained after the workdir
+  was started) has its schema default, and '' for `data.dir` / `data.eval_split` is the
+  dataset's own (gwtn_jax.data.datasets), so a config written before a default moved
+  compares equal to the same config today."""
+  out = {**{f: v for f, v in defaults.items() if f not in flat}, **flat}
+  dataset = datasets.IMAGE_DATASETS.get(out.get('data.name'))
+  if dataset is not None:
+    if out.get('data.dir') == '' and dataset.default_dir:
+      out['data.dir'] = dataset.default_dir
+    if out.get('data.eval_split') == '':
+      out['data.eval_split'] = dataset.eval_split
+  return out
+
+
+def changed_fields(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+  """Dotted fields whose values differ between two configs (as JSON), other than RERUN_FIELDS.
+
+  `defaults` (a config of the schema, as JSON): what a field missing from either stands for.
+  """
+  flat_defaults = _flatten(defaults or {})
+  a, b = _resolved(_flatten(old), flat_defaults), _resolved(_flatten(new), flat_defaults)
   return sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f) and not _may_change(f))
+
+
+def _schema_defaults(config) -> dict:
+  """The schema's config of the same kind (image or text data), as JSON."""
+  defaults = schema.base_config()
+  if schema.is_text(config):
+    defaults.data = schema.text_data_config()
+  return json.loads(defaults.to_json_best_effort())
 
 
 STAGES_DIR = 'stages'  # WORKDIR/stages/<stage folder>/ (gwtn_jax.train.layout)
@@ -133,9 +162,12 @@ def check_workdir_config(config, workdir: str) -> None:
   if not trained:
     return  # nothing trained under the old config: the new one replaces it
   new = json.loads(config.to_json_best_effort())
-  fields = changed_fields(old, new)
+  defaults = _schema_defaults(config)
+  fields = changed_fields(old, new, defaults)
   if fields:
-    old_flat, new_flat = _flatten(old), _flatten(new)
+    flat_defaults = _flatten(defaults)
+    old_flat = _resolved(_flatten(old), flat_defaults)
+    new_flat = _resolved(_flatten(new), flat_defaults)
     shown = ', '.join(f'{f} ({old_flat.get(f)!r} -> {new_flat.get(f)!r})' for f in fields[:6])
     more = f' and {len(fields) - 6} more' if len(fields) > 6 else ''
     raise ConfigError(
