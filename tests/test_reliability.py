@@ -153,34 +153,39 @@ def test_nonfinite_loss_stops_the_run_and_is_never_saved(tmp_path):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.state['params']))
 
 
-def test_broken_data_met_mid_run_stops_with_one_line_and_keeps_the_checkpoints(
-    tmp_path, monkeypatch, capsys):
+# `python -m gwtn_jax.main`, with the tiny config's train data broken at its third read.
+_BROKEN_DATA_MAIN = """
+import sys
+import numpy as np
+from absl import app
+from gwtn_jax.data import image_sources
+read, train_reads = image_sources._SyntheticSource.read, []
+
+def broken(self, indices):
+  images, labels = read(self, indices)
+  if self.num_examples == 256:  # the train split of tests/tiny_config.py
+    train_reads.append(1)
+    if len(train_reads) == 3:
+      labels = np.full_like(labels, 99)
+  return images, labels
+
+image_sources._SyntheticSource.read = broken
+from gwtn_jax import main
+app.run(main.main, argv=sys.argv, flags_parser=main._parse_flags)
+"""
+
+
+def test_broken_data_met_mid_run_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):
   # A label no start-up check could see (a tfds record, say) is met at the wide stage's third
-  # batch: `python -m gwtn_jax.main` (its main, in this process, so that the data can be
-  # broken) stops with the example named, exit 2, and the checkpoint of step 2 is intact.
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from gwtn_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.data import image_sources  # pylint: disable=g-import-not-at-top
-  read, train_reads = image_sources._SyntheticSource.read, []  # pylint: disable=protected-access
-
-  def broken(self, indices):
-    images, labels = read(self, indices)
-    if self.num_examples == 256:  # the train split of tests/tiny_config.py
-      train_reads.append(1)
-      if len(train_reads) == 3:
-        labels = np.full_like(labels, 99)
-    return images, labels
-
-  monkeypatch.setattr(image_sources._SyntheticSource, 'read', broken)  # pylint: disable=protected-access
-  flags.FLAGS(['gwtn_jax.main', '--config=tests/tiny_config.py', f'--workdir={tmp_path}'])
-  try:
-    with pytest.raises(SystemExit) as info:
-      main_lib.main(['gwtn_jax.main'])
-  finally:
-    flags.FLAGS.unparse_flags()
-  assert info.value.code == 2
-  err = [l for l in capsys.readouterr().err.splitlines() if l.strip().startswith('error:')]
-  assert len(err) == 1 and 'train: example ' in err[0], err
+  # batch: the command stops with the example named, exit 2, and the checkpoint of step 2 is
+  # intact.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  done = subprocess.run(
+      [sys.executable, '-c', _BROKEN_DATA_MAIN, '--config=tests/tiny_config.py',
+       f'--workdir={tmp_path}'], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 2, done.stderr[-3000:]
+  err = [l for l in done.stderr.splitlines() if l.strip()]
+  assert len(err) == 1 and err[0].startswith('error: ') and 'train: example ' in err[0], err
   assert 'has label 99, outside [0, num_classes=4)' in err[0], err
   assert saved_steps(tmp_path, 'wide') == [2]
   with ocp.CheckpointManager(str(tmp_path / 'stages' / 'wide' / 'checkpoints')) as manager:
