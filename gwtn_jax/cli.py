@@ -63,7 +63,8 @@ def _root(error: BaseException) -> BaseException:
 
 def _message(error: BaseException, path: str) -> str:
   root = _root(error)
-  if isinstance(root, (AttributeError, KeyError)) and not _in_config_file(root, path):
+  where = _in_config_file(root, path)
+  if isinstance(root, (AttributeError, KeyError)) and not where:
     # An override of a field the config does not have (--config.nope=1).
     text = str(root.args[0] if root.args else root)
     field = re.search(r"'([^'\\]+)", text)
@@ -71,7 +72,6 @@ def _message(error: BaseException, path: str) -> str:
     return (f"--config: no such field '{field.group(1) if field else text}'"
             + (f' (did you mean "{hint.group(1)}"?)' if hint else '')
             + '; gwtn_jax/config/schema.py lists the fields')
-  where = _in_config_file(root, path)
   if where:  # the config file itself failed: say where, and what
     text = root.msg if isinstance(root, SyntaxError) else str(root)
     return f'--config: {where}{type(root).__name__}: {text}'

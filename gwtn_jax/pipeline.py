@@ -27,6 +27,7 @@ from gwtn_jax.config import workdir as workdir_lib
 from gwtn_jax import report as report_lib
 from gwtn_jax import storage
 from gwtn_jax.methods import registry
+from gwtn_jax.train import layout
 from gwtn_jax.train import loop
 from gwtn_jax.train import preemption as preemption_lib
 
@@ -97,7 +98,7 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
 
   def stage_kwargs(name: str, data=exp.data) -> dict[str, Any]:
     return dict(data=data, mesh=exp.mesh, rules=exp.rules, preemption=preemption,
-                stage_dir=os.path.join(workdir, workdir_lib.STAGES_DIR, name),
+                stage_dir=os.path.join(workdir, layout.STAGES_DIR, name),
                 writer_dir=os.path.join(workdir, 'tensorboard', name))
 
   with preemption:

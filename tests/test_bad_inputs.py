@@ -11,6 +11,7 @@ are hashed before and after. A new field or file joins the contract by one row i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +19,19 @@ import subprocess
 import sys
 from typing import Callable
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+
+import tiny_config
+from gwtn_jax import config_lib
+from gwtn_jax import models
+from gwtn_jax.config import workdir as workdir_lib
+from gwtn_jax.data import idx as idx_lib
+from test_data import make_idx_folder
 
 pytestmark = pytest.mark.xdist_group('bad_inputs')
 
@@ -54,7 +67,6 @@ def _write(path: str, text: str | bytes) -> None:
 
 
 def _config_json() -> str:
-  import tiny_config  # pylint: disable=g-import-not-at-top
   return tiny_config.get_config('fmnist').to_json_best_effort(indent=1, sort_keys=True)
 
 
@@ -82,8 +94,6 @@ KD_ONLY = '--config.stages=("thin_kd",)'
 
 def _idx(folder: str, damage: str) -> None:
   """A small IDX folder (tests/test_data.py's), then one file damaged."""
-  from test_data import make_idx_folder  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.data import idx as idx_lib  # pylint: disable=g-import-not-at-top
   root = make_idx_folder(os.path.join(folder, 'idx'), n_train=40, n_test=20, hw=(28, 28),
                          bad_label_at=7 if damage == 'label' else None)
   images = os.path.join(root, idx_lib.IDX_FILES[('train', 'images')] + '.gz')
@@ -99,13 +109,6 @@ def _stage(folder: str, width: float = 1.0, damage: str = '') -> None:
   """A finished stage folder of the tiny fmnist ResNet at `width` (its network zeros), as a
   teacher_dir; `damage`: 'metadata' removes the checkpoint's metadata, 'unfinished' the
   result."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from gwtn_jax import models  # pylint: disable=g-import-not-at-top
   model = models.get_model('cifar_resnet8', num_classes=10, width_multiplier=width,
                            stem_strides=2)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
@@ -151,8 +154,8 @@ ROWS = [
                                             '--config.imitate.freeze_lower=True'),
         'imitate.freeze_lower=True has no effect'),
     # 2. Values that cannot work.
-    Row('adamw_negative_eps', (FMNIST, WD, '--config.wide.optimizer.name=adamw',
-                               *_wide(eps=-1e-8)), 'wide.optimizer.eps=-1e-08 must be > 0'),
+    Row('adamw_negative_eps', (FMNIST, WD, *_wide(name='adamw', eps=-1e-8)),
+        'wide.optimizer.eps=-1e-08 must be > 0'),
     Row('negative_grad_clip', (FMNIST, WD, *_wide(grad_clip_norm=-1.0)),
         'wide.optimizer.grad_clip_norm=-1.0 must be >= 0'),
     Row('infinite_learning_rate', (FMNIST, WD, *_wide(learning_rate='inf')),
@@ -163,7 +166,8 @@ ROWS = [
         'wide.optimizer.warmup_steps=5 is longer than the stage (4 steps)'),
     Row('warmup_longer_than_a_phase', (FMNIST, WD, '--config.imitate.optimizer.warmup_steps=3'),
         'imitate.optimizer.warmup_steps=3 is longer than a phase'),
-    Row('adamw_b2_above_one', (FMNIST, WD, *_wide(name='adamw', b2=1.5)), 'wide.optimizer.b2=1.5 must be in [0, 1)'),
+    Row('adamw_b2_above_one', (FMNIST, WD, *_wide(name='adamw', b2=1.5)),
+        'wide.optimizer.b2=1.5 must be in [0, 1)'),
     Row('negative_final_lr_fraction', (FMNIST, WD, *_wide(final_lr_fraction=-0.1)),
         'final_lr_fraction=-0.1 must be in [0, 1]'),
     Row('zero_decay_factor', (FMNIST, WD, *_wide(schedule='step', decay_factor=0.0)),
@@ -297,7 +301,6 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(outcomes, row_id):
 
 def test_every_config_field_a_row_sets_exists():
   # A row that set a field its config lacks would test the unknown-field path by accident.
-  import tiny_config  # pylint: disable=g-import-not-at-top
   for row in ROWS:
     preset = [a.split(':', 1)[1] if ':' in a else '' for a in row.argv
               if a.startswith(TINY)]
@@ -314,8 +317,6 @@ def test_every_config_field_a_row_sets_exists():
 
 def test_a_teacher_of_the_configs_wide_network_is_accepted(tmp_path):
   # The control of the teacher rows: the same folder at the config's width passes the check.
-  import tiny_config  # pylint: disable=g-import-not-at-top
-  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   _stage(str(tmp_path))
   config = tiny_config.get_config('fmnist')
   config.stages = ('thin_kd',)
@@ -329,10 +330,6 @@ def test_a_teacher_of_the_configs_wide_network_is_accepted(tmp_path):
 def test_a_workdir_where_nothing_trained_takes_a_new_config(tmp_path):
   # A run refused after it wrote config.json (e.g. a data file found broken) left nothing
   # trained: the corrected rerun is not refused as a changed config.
-  import json  # pylint: disable=g-import-not-at-top,reimported
-  import tiny_config  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.config import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   wd = tmp_path / 'wd'
   old = tiny_config.get_config('fmnist')
   _write(str(wd / 'config.json'), old.to_json_best_effort())
@@ -351,9 +348,6 @@ def test_a_workdir_where_nothing_trained_takes_a_new_config(tmp_path):
 def test_a_config_written_before_a_default_moved_still_matches(tmp_path):
   # A workdir started before the schema gained synthetic_seed, when data.dir's default was the
   # Debian folder rather than '' (the dataset's own): the same run today is not "changed".
-  import json  # pylint: disable=g-import-not-at-top,reimported
-  import tiny_config  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.config import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = tiny_config.get_config('fmnist')
   config.data.dir = ''
   old = json.loads(config.to_json_best_effort())
@@ -365,6 +359,5 @@ def test_a_config_written_before_a_default_moved_still_matches(tmp_path):
   _write(str(wd / 'stages' / 'wide' / 'result.json'), '{"steps": 4}')
   workdir_lib.check_workdir_config(config, str(wd))
   config.data.synthetic_seed = 3  # a real change still is one
-  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(config_lib.ConfigError, match=r'data.synthetic_seed \(0 -> 3\)'):
     workdir_lib.check_workdir_config(config, str(wd))

@@ -81,13 +81,14 @@ _BERT_MODEL_FIELDS = ('pre_layer_norm', 'dropout_rate', 'attention_dropout_rate'
 
 
 def _check_read(value, default, field: str, why: str) -> None:
-  _require(value == default, f'{field}={value!r} has no effect {why}; drop it (its default is '
+  plain = lambda v: tuple(v) if isinstance(v, list) else v  # a config's list is its tuple
+  _require(plain(value) == plain(default), f'{field}={value!r} has no effect {why}; drop it (its default is '
            f'{default!r})')
 
 
 def _check_no_ignored_fields(config, stages) -> None:
   """Refuses a field set away from its default where nothing reads it (it would be ignored)."""
-  defaults = schema.optimizer_config()
+  defaults, base_config = schema.optimizer_config(), schema.base_config()
   for stage in stages:
     opt, field = config[stage].optimizer, f'{stage}.optimizer'
     for name, readers, chooser in _OPTIMIZER_FIELDS:
@@ -97,7 +98,7 @@ def _check_no_ignored_fields(config, stages) -> None:
     if opt.name == 'sgd' and not opt.weight_decay:
       _check_read(opt.weight_decay_on, defaults.weight_decay_on, f'{field}.weight_decay_on',
                   f'without {field}.weight_decay')
-  imitate, base = config.imitate, schema.base_config().imitate
+  imitate, base = config.imitate, base_config.imitate
   if imitate.schedule == 'one_shot':
     for name in ('loss_on', 'freeze_lower'):  # (steps_per_point: recipes set it for both)
       _check_read(imitate[name], base[name], f'imitate.{name}',
@@ -106,7 +107,7 @@ def _check_no_ignored_fields(config, stages) -> None:
     _check_read(imitate.steps, base.steps, 'imitate.steps',
                 f'with imitate.schedule={imitate.schedule!r} (one_shot only; a progressive '
                 'phase lasts imitate.steps_per_point)')
-  model, base = config.model, schema.base_config().model
+  model, base = config.model, base_config.model
   if is_text(config):
     for name in ('stem_strides', 'num_filters'):
       _check_read(model[name], base[name], f'model.{name}', 'on a BERT (model.name='
@@ -118,15 +119,14 @@ def _check_no_ignored_fields(config, stages) -> None:
     if not any(n.startswith('cifar_') for n in names):
       _check_read(model.stem_strides, base.stem_strides, 'model.stem_strides',
                   f'with the ImageNet stem of model.name={model.name!r} (CIFAR stems only)')
-    data, base = config.data, schema.base_config().data
+    data, base = config.data, base_config.data
     if data.name != 'imagenet2012':
       _check_read(data.image_size, base.image_size, 'data.image_size',
                   f"with data.name={data.name!r} (imagenet2012 only)")
     if data.name != 'synthetic':
       for name in [n for n in base if n.startswith('synthetic_')]:
-        _check_read(tuple(data[name]) if isinstance(data[name], (list, tuple)) else data[name],
-                    tuple(base[name]) if isinstance(base[name], (list, tuple)) else base[name],
-                    f'data.{name}', f"with data.name={data.name!r} (synthetic data only)")
+        _check_read(data[name], base[name], f'data.{name}',
+                    f"with data.name={data.name!r} (synthetic data only)")
 
 
 def _check_optimizer(opt, field: str) -> None:
@@ -249,8 +249,14 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   thin, wide = networks.thin, networks.wide
+
+  @functools.cache
+  def abstract(model, task):  # a network's variables, traced once for every check that reads them
+    return jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
+                          task.sample_batch())
+
   if config.teacher_dir and registry.teacher_stage() not in stages:
-    _check_teacher_network(config, networks)
+    _check_teacher_network(config, abstract(wide, networks.task))
   if not is_text(config) and config.model.num_classes:
     classes = datasets.image_shape_and_classes(config.data)[1]
     _require(config.model.num_classes >= classes,
@@ -345,54 +351,44 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   _require(config.eval_batch_size % dp == 0,
            f'eval_batch_size={config.eval_batch_size} is not divisible by the {dp} data-parallel devices')
   # The planner (data=False) sizes for other chips than this machine's: it reports the fit.
-  _check_shardings(networks, sizes, mesh_lib.rules_from_config(config.mesh.rules),
+  _check_shardings(networks, abstract, sizes, mesh_lib.rules_from_config(config.mesh.rules),
                    memory=device_memory_bytes() if data else None)
 
 
-def _check_shardings(networks, sizes, rules, memory: float | None) -> None:
+def _check_shardings(networks, abstract, sizes, rules, memory: float | None) -> None:
   """Every network's parameters split evenly under the mesh rules, and fit the devices' `memory`
-  (None: not checked); traced, not compiled."""
+  (None: not checked); traced (`abstract(model, task)`), not compiled."""
   checked = [('thin', networks.thin, networks.task), ('wide', networks.wide, networks.task)]
   if networks.downstream is not None:
     down = networks.downstream
     checked += [('thin', down.thin, down.task), ('wide', down.wide, down.task)]
   num_devices = math.prod(sizes.values())
   for role, model, task in checked:
-    boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
-                           task.sample_batch())
+    boxed = abstract(model, task)
     try:
       mesh_lib.check_divisible(boxed, sizes, rules, f'the {role} network')
     except ValueError as e:
       raise ConfigError(str(e)) from None
-    params = [x for x in jax.tree.leaves(nn.meta.unbox(boxed.get('params', {})))]
-    count = sum(math.prod(x.shape) for x in params)
+    if memory is None:
+      continue
+    params = jax.tree.leaves(nn.meta.unbox(boxed.get('params', {})))
     # A floor of what training needs on each device: parameters and their gradients, split
     # evenly over every device (no sharding does better; optimizer state and activations come
     # on top).
     floor = 2 * sum(math.prod(x.shape) * x.dtype.itemsize for x in params) / num_devices
     field = 'thin_width' if role == 'thin' else 'wide_width'
-    if memory is None:
-      continue
     _require(floor <= memory,
-             f'{field}={getattr(networks, role).width_multiplier:g} gives the {role} network {count:,} parameters: training needs at least '
+             f'{field}={model.width_multiplier:g} gives the {role} network '
+             f'{sum(math.prod(x.shape) for x in params):,} parameters: training needs at least '
              f'{floor / 2**30:.1f} GiB per device for them and their gradients even split over '
              f'all {num_devices} devices, more than a device has ({memory / 2**30:.1f} GiB); '
              'lower the width or add devices (python -m gwtn_jax.plan sizes a config)')
 
 
-def _abstract_variables(model, task) -> dict[str, tuple[int, ...]]:
-  """'collection/module/.../name' -> shape of the variables a stage exports for `model`."""
-  boxed = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
-                         task.sample_batch())
-  variables = nn.meta.unbox({c: v for c, v in boxed.items() if c in ('params', 'batch_stats')})
-  key = lambda k: str(getattr(k, 'key', k))
-  return {'/'.join(key(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
-
-
-def _check_teacher_network(config, networks) -> None:
-  """The network in `teacher_dir` is the config's wide network: same arrays, same shapes
-  (from the checkpoint's metadata, before anything is restored or compiled)."""
+def _check_teacher_network(config, wide_abstract) -> None:
+  """The network in `teacher_dir` is the config's wide network (`wide_abstract`: its traced
+  variables): same arrays, same shapes, from the checkpoint's metadata, before anything is
+  restored or compiled."""
   where = f'teacher_dir={config.teacher_dir}'
   try:
     found = checkpoint_lib.final_shapes(os.path.join(config.teacher_dir, layout.FINAL_DIR))
@@ -402,7 +398,8 @@ def _check_teacher_network(config, networks) -> None:
   if not found:
     raise ConfigError(f'{where}: its {layout.FINAL_DIR}/ network holds no arrays (truncated, '
                       'or not written by this library); rerun the stage that wrote it')
-  expected = _abstract_variables(networks.wide, networks.task)
+  expected = checkpoint_lib.flat_shapes(nn.meta.unbox(
+      {c: v for c, v in wide_abstract.items() if c in ('params', 'batch_stats')}))
   # Parameters first: their names say more than the statistics'.
   expected = dict(sorted(expected.items(), key=lambda kv: not kv[0].startswith('params/')))
   name = config.model.wide_name or config.model.name

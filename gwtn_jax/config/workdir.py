@@ -76,14 +76,20 @@ def _resolved(flat: dict[str, object], defaults: dict[str, object]) -> dict[str,
   return out
 
 
+def _compare(old: dict, new: dict, defaults: dict | None) -> tuple[list[str], dict, dict]:
+  """(the fields that differ, both configs flattened and resolved as they run)."""
+  flat_defaults = _flatten(defaults or {})
+  a, b = _resolved(_flatten(old), flat_defaults), _resolved(_flatten(new), flat_defaults)
+  fields = sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f) and not _may_change(f))
+  return fields, a, b
+
+
 def changed_fields(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
   """Dotted fields whose values differ between two configs (as JSON), other than RERUN_FIELDS.
 
   `defaults` (a config of the schema, as JSON): what a field missing from either stands for.
   """
-  flat_defaults = _flatten(defaults or {})
-  a, b = _resolved(_flatten(old), flat_defaults), _resolved(_flatten(new), flat_defaults)
-  return sorted(f for f in set(a) | set(b) if a.get(f) != b.get(f) and not _may_change(f))
+  return _compare(old, new, defaults)[0]
 
 
 def _schema_defaults(config) -> dict:
@@ -92,9 +98,6 @@ def _schema_defaults(config) -> dict:
   if schema.is_text(config):
     defaults.data = schema.text_data_config()
   return json.loads(defaults.to_json_best_effort())
-
-
-STAGES_DIR = 'stages'  # WORKDIR/stages/<stage folder>/ (gwtn_jax.train.layout)
 
 
 def _read_json(path: str, what: str):
@@ -117,7 +120,7 @@ def trained_stages(workdir: str) -> list[str]:
   found = []
 
   def visit(relative: str, depth: int) -> None:
-    folder = os.path.join(workdir, STAGES_DIR, relative)
+    folder = os.path.join(workdir, layout.STAGES_DIR, relative)
     names = storage.listdir(folder) if storage.isdir(folder) else []
     checkpoints = os.path.join(folder, layout.CHECKPOINTS_DIR)
     steps = (storage.listdir(checkpoints) if layout.CHECKPOINTS_DIR in names else [])
@@ -127,7 +130,7 @@ def trained_stages(workdir: str) -> list[str]:
     elif depth < 3:  # a seed's folder holds its stages' folders
       for name in sorted(names):
         if storage.isdir(os.path.join(folder, name)):
-          visit(os.path.join(relative, name) if relative else name, depth + 1)
+          visit(os.path.join(relative, name), depth + 1)
 
   visit('', 0)
   return found
@@ -147,7 +150,7 @@ def check_workdir_config(config, workdir: str) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   trained = trained_stages(workdir)
   for name in trained:
-    result = os.path.join(workdir, STAGES_DIR, name, layout.RESULT_FILE)
+    result = os.path.join(workdir, layout.STAGES_DIR, name, layout.RESULT_FILE)
     if storage.exists(result):
       _read_json(result, f'the record of the finished stage {name}')
   if not storage.exists(path):
@@ -162,12 +165,8 @@ def check_workdir_config(config, workdir: str) -> None:
   if not trained:
     return  # nothing trained under the old config: the new one replaces it
   new = json.loads(config.to_json_best_effort())
-  defaults = _schema_defaults(config)
-  fields = changed_fields(old, new, defaults)
+  fields, old_flat, new_flat = _compare(old, new, _schema_defaults(config))
   if fields:
-    flat_defaults = _flatten(defaults)
-    old_flat = _resolved(_flatten(old), flat_defaults)
-    new_flat = _resolved(_flatten(new), flat_defaults)
     shown = ', '.join(f'{f} ({old_flat.get(f)!r} -> {new_flat.get(f)!r})' for f in fields[:6])
     more = f' and {len(fields) - 6} more' if len(fields) > 6 else ''
     raise ConfigError(

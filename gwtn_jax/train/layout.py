@@ -1,5 +1,6 @@
 """What a stage folder holds, and how to tell a finished one, without importing JAX.
 
+  WORKDIR/stages/.../             the stage folders, STAGE_DIR (laid out by gwtn_jax.pipeline)
   STAGE_DIR/checkpoints/<step>/   orbax: the train state and the run metadata
   STAGE_DIR/final/                orbax: the variables of the network the stage produced
   STAGE_DIR/result.json           written last: the stage is finished
@@ -13,6 +14,7 @@ import os
 
 from gwtn_jax import storage
 
+STAGES_DIR = 'stages'
 RESULT_FILE = 'result.json'
 FINAL_DIR = 'final'
 CHECKPOINTS_DIR = 'checkpoints'

@@ -109,9 +109,9 @@ def write(stats: Mapping[str, Any], updated: Mapping[str, Any]) -> dict[str, Any
 def twins(variables: Mapping[str, Any]) -> dict[str, Any]:
   """The norms of a plain model's fresh variables, renamed as twins: what AN's init adds."""
   out = {}
+  norms = {path[:-1] for path in traverse_util.flatten_dict(dict(variables['batch_stats']))}
   for collection in ('params', 'batch_stats'):
     flat = traverse_util.flatten_dict(dict(variables[collection]))
-    norms = {path[:-1] for path in traverse_util.flatten_dict(dict(variables['batch_stats']))}
     out[collection] = traverse_util.unflatten_dict(
         {_twin(path): value for path, value in flat.items() if path[:-1] in norms})
   return out

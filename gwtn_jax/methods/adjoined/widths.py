@@ -94,13 +94,11 @@ def conv_layers(model: resnet.ResNet) -> tuple[ConvLayer, ...]:
   reduction = stem_stride * (2 if imagenet else 1)  # the max pool
   previous = 'stem'
   bottleneck = model.block_cls.expansion != 1
-  block = [p for p in model.points() if p.name.startswith('stage')]
-  k = 0
+  projections = model.projections()
   for i, n in enumerate(model.stage_sizes):
     stream = _stream_group(model, i)
     for j in range(n):
-      prefix = block[k].modules[0] + '/'
-      k += 1
+      prefix = resnet.block_module_name(f'stage{i + 1}_block{j + 1}') + '/'
       inner = f'stage{i + 1}_block{j + 1}_inner'
       stride = 2 if i > 0 and j == 0 else 1
 
@@ -116,7 +114,7 @@ def conv_layers(model: resnet.ResNet) -> tuple[ConvLayer, ...]:
       else:
         layers += [conv('conv1', 3, reduction * stride, previous, inner),
                    conv('conv2', 3, reduction * stride, inner, stream)]
-      if j == 0 and model.projections()[i]:
+      if j == 0 and projections[i]:
         layers.append(conv('proj_conv', 1, reduction * stride, previous, stream, True))
       reduction *= stride
       previous = stream
