@@ -45,6 +45,11 @@ def is_text(config) -> bool:
   return config.model.name.startswith('bert')
 
 
+# How every data section reads its dataset: the first N examples of a split (0 = all), the
+# threads building batches and the batches kept ready.
+READING = dict(num_train_examples=0, num_eval_examples=0, read_threads=2, prefetch=4)
+
+
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   """An optimizer config (fields documented in `gwtn_jax.train.optim`)."""
   config = ml_collections.ConfigDict(dict(
@@ -183,10 +188,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_split='',        # '' = the dataset's: 'test' ('validation' for imagenet2012)
       augment=True,
       image_size=224,       # imagenet2012 only
-      num_train_examples=0,  # 0 = all
-      num_eval_examples=0,
-      read_threads=2,
-      prefetch=4,
+      **READING,
       # 'synthetic' only.
       synthetic_image_shape=(8, 8, 1),
       synthetic_num_classes=4,
@@ -281,10 +283,7 @@ def text_data_config(**overrides) -> ml_collections.ConfigDict:
       cache_dir='',         # '' = ~/.cache/gwtn_jax/text
       seq_len=128,
       mask_rate=0.15,
-      num_train_examples=0,
-      num_eval_examples=0,
-      read_threads=2,
-      prefetch=4,
+      **READING,
   ))
   config.update(overrides)
   return config
@@ -306,10 +305,7 @@ def downstream_config(**overrides) -> ml_collections.ConfigDict:
       dir='',
       min_lines=2,
       balance=True,
-      num_train_examples=0,
-      num_eval_examples=0,
-      read_threads=2,
-      prefetch=4,
+      **READING,
   ))
   config.update(overrides)
   return config
