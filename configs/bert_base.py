@@ -68,6 +68,7 @@ presets (0.445 TFLOP per chip for the wide step).
 import math
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 PAPER_BATCH = 256
 PAPER_STEPS = 1_000_000
@@ -82,8 +83,8 @@ def _adamw(lr: float, warmup: int, schedule: str = 'linear'):
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_config_arg(arg, dict(smoke=bool, devices=int, mesh=str),
-                                     'configs/bert_base.py')
+  args = config_lib.parse_config_arg(arg, dict(smoke=bool, devices=int, mesh=str,
+                                               hf_teacher=str), 'configs/bert_base.py')
   config = config_lib.base_config()
   config.model.name = 'bert_base'
   config.model.dtype = 'bfloat16'
@@ -142,6 +143,9 @@ def get_config(arg: str = ''):
                                        math.ceil(0.1 * config.downstream.steps))
   config.mesh = config_lib.mesh_config(args.get('mesh', MESH_PRESET))
 
+  if 'hf_teacher' in args:
+    hf_teacher(config, args['hf_teacher'])
+
   if args.get('smoke'):
     config.model.dtype = 'float32'
     config.thin_width = 1 / 12      # hidden 64, 1 head, FFN 256
@@ -170,3 +174,23 @@ def get_config(arg: str = ''):
     config.downstream.eval_every = 10
     config.downstream.optimizer = _adamw(1e-4, 1)
   return config
+
+
+def hf_teacher(config, directory: str) -> None:
+  """A Hugging Face `bert-large-uncased` directory as the teacher of the 12-layer BERT-Base.
+
+  The paper lets an existing trained big model be the wide network, its layers not aligned
+  with the thin one's. Stage 1 is dropped (the method's stages without 'wide'); the teacher's
+  hidden 1024 is imitated through the learnt projections; thin layer i imitates the teacher's
+  layer 2i (the embeddings the embeddings: `recipes.even_layer_map`, our reading of the layer
+  map the paper implies). The data are tokenized with the teacher's vocab.txt, uncased (the
+  config check compares both with the directory's tokenizer). Heads of the checkpoint that
+  BERT-Base has not (bert-large-uncased's pooler and NSP head) are left out, with a note.
+  """
+  config.teacher_dir = directory
+  config.model.wide_name = 'bert_large'
+  config.wide_width = 1.0
+  config.data.vocab_file = f'{directory.rstrip("/")}/vocab.txt'
+  config.data.lowercase = True
+  config.imitate.layer_map = recipes.even_layer_map(12, 24)
+

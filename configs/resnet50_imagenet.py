@@ -51,7 +51,8 @@ MESH_PRESET = 'data'  # chosen with gwtn_jax.plan at 256 chips; see the docstrin
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_config_arg(arg, dict(mesh=str), 'configs/resnet50_imagenet.py')
+  args = config_lib.parse_config_arg(arg, dict(mesh=str, torchvision_teacher=str),
+                                     'configs/resnet50_imagenet.py')
   config = config_lib.base_config()
   config.mesh = config_lib.mesh_config(args.get('mesh', MESH_PRESET))
   config.model.name = 'resnet50'
@@ -94,4 +95,20 @@ def get_config(arg: str = ''):
                                      weight_decay=1e-4, schedule='cosine', warmup_steps=5 * epoch)
   config.thin_kd.alpha = 1.0
   config.thin_kd.temperature = 1.0
+  if 'torchvision_teacher' in args:
+    torchvision_teacher(config, args['torchvision_teacher'])
   return config
+
+
+def torchvision_teacher(config, path: str) -> None:
+  """torchvision's `wide_resnet50_2` (a state dict, .pth or .safetensors) as the teacher.
+
+  The paper lets an existing trained big model be the wide network; torchvision's has 2x the
+  inner (3x3) width of ResNet-50, not the paper's 4x, which the paper allows (any wider
+  network whose block outputs match). Its block outputs are ResNet-50's, so imitation needs no
+  projection. Stage 1 is dropped (the method's stages without 'wide'); torchvision's ImageNet
+  preprocessing (per-channel mean and std, 1000 classes in synset order) is our
+  imagenet2012's. The architecture in the file is checked against `wide_width` at start-up.
+  """
+  config.teacher_dir = path
+  config.wide_width = 2.0

@@ -18,7 +18,9 @@ from jax.sharding import Mesh
 from gwtn_jax.config import schema as config_lib
 from gwtn_jax import data as data_lib
 from gwtn_jax.data import datasets
+from gwtn_jax.data import wordpiece
 from gwtn_jax import models
+from gwtn_jax import storage
 from gwtn_jax.methods import base
 from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks
@@ -66,15 +68,15 @@ class StaticInfo:
 def static_data_info(config) -> StaticInfo:
   """The data's shapes from the config, without reading the data (for planning).
 
-  A BERT's vocabulary is its `vocab.txt`'s size or `data.vocab_size`; the downstream task is
-  taken as binary unless `model.num_classes` says otherwise (it barely changes the memory).
+  A BERT's vocabulary is its `vocab.txt`'s size (local or gs://), or `data.vocab_size` when
+  there is none or it is not on this machine (planning); the downstream task is taken as binary
+  unless `model.num_classes` says otherwise (it barely changes the memory).
   """
   d = config.data
   if config_lib.is_text(config):
     vocab = d.vocab_size
-    if d.vocab_file:
-      with open(d.vocab_file, encoding='utf-8') as f:
-        vocab = sum(1 for _ in f)
+    if d.vocab_file and storage.isfile(d.vocab_file):
+      vocab = len(wordpiece.read_vocab(d.vocab_file))
     return StaticInfo(vocab_size=vocab, seq_len=d.seq_len,
                       downstream_classes=config.model.num_classes or 2)
   shape, classes = datasets.image_shape_and_classes(d)  # the one table of image datasets

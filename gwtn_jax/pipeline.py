@@ -26,6 +26,8 @@ from gwtn_jax.config import validation
 from gwtn_jax.config import workdir as workdir_lib
 from gwtn_jax import report as report_lib
 from gwtn_jax import storage
+from gwtn_jax.data import wordpiece
+from gwtn_jax.interop import sources
 from gwtn_jax.methods import registry
 from gwtn_jax.train import layout
 from gwtn_jax.train import loop
@@ -94,6 +96,11 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   _write_config(config, workdir)
 
   exp = builders.build_experiment(config)
+  if config_lib.is_text(config) and jax.process_index() == 0:
+    # The run's vocabulary beside its config: `gwtn_jax.export` ships it with the networks.
+    tokens = wordpiece.read_vocab(exp.data.vocab_file)
+    storage.write_text(os.path.join(workdir, workdir_lib.VOCAB_FILE),
+                       ''.join(t + '\n' for t in tokens))
   preemption = preemption_lib.Preemption(sync_every=config.log_every)
 
   def stage_kwargs(name: str, data=exp.data) -> dict[str, Any]:
@@ -132,8 +139,9 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
     results[teacher_stage] = [result]
     teacher = result.variables
   elif any(known[s].reads_teacher for s in stages) or config.teacher_dir:
-    teacher = loop.load_stage_output(config.teacher_dir, exp.wide, exp.task, exp.mesh, exp.rules)
-    done = loop.read_result(config.teacher_dir)
+    source = sources.identify(config.teacher_dir, 'teacher_dir')
+    teacher = sources.load(source, exp.wide, exp.task, exp.mesh, exp.rules, seed=config.seed)
+    done = loop.read_result(config.teacher_dir) if source.kind == sources.STAGE else None
     if done is not None:
       results[teacher_stage] = [loop.StageResult(
           teacher_stage, teacher, done['metrics'], done['history'], done['steps'],
@@ -154,6 +162,10 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
   for stage in per_network:
     if teacher_stage in results and known[teacher_stage].downstream:
       fine_tune(stage, teacher_stage, results[teacher_stage][0], config.seed)
+  thin_init = None
+  if config.thin_init:
+    thin_init = sources.load(sources.identify(config.thin_init, 'thin_init'), exp.thin, exp.task,
+                             exp.mesh, exp.rules, seed=config.seed)
   for seed in config.seeds:
     produced: dict[str, loop.StageResult] = {}
     for stage in stages:
@@ -169,7 +181,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
           _spec(config, stage, name, method, model, exp.task, seed, _stage_seed(seed, stage)),
           teacher=teacher if declared.teacher else None,
           init=(teacher if source == registry.TEACHER else produced[source].variables)
-          if source else None,
+          if source else (thin_init if declared.thin_init else None),
           **stage_kwargs(name))
       produced[stage] = result
       results.setdefault(stage, []).append(result)

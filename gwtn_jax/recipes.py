@@ -39,3 +39,16 @@ def fashion_mnist_gwtn(config, *, wide_steps: int, steps_per_point: int, probe_s
   config.finetune.alpha = 0.5
   config.finetune.temperature = 4.0
   config.finetune.optimizer.update(SGD, learning_rate=0.05, weight_decay=5e-4)
+
+
+def even_layer_map(thin_layers: int, wide_layers: int) -> tuple[int, ...]:
+  """`imitate.layer_map` of a BERT imitating a deeper one: the embeddings imitate the
+  embeddings and thin layer i the wide layer i * wide_layers / thin_layers (12 of a 24-layer
+  teacher: layer 2i), so both networks' tops are aligned and the wide layers are sampled evenly.
+
+  Points are numbered as `Bert.points()`: 0 is 'embeddings', i is 'layer_i'.
+  """
+  if wide_layers % thin_layers:
+    raise ValueError(f'{wide_layers} teacher layers do not divide evenly among {thin_layers}')
+  step = wide_layers // thin_layers
+  return (0,) + tuple(step * i for i in range(1, thin_layers + 1))

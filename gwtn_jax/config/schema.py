@@ -24,14 +24,18 @@ class ConfigError(ValueError):
 
 def stages_of(config) -> tuple[str, ...]:
   """The stages a run runs: `config.stages`, or those of `config.method` when it is empty
-  (a BERT run's method adds the per-network downstream stage)."""
+  (a BERT run's method adds the per-network downstream stage; with a `teacher_dir` the method
+  does not train its own teacher)."""
   if config.stages:
     return tuple(config.stages)
   methods = registry.methods()
   if config.method not in methods:
     raise ConfigError(f'method={config.method!r} is unknown; choose one of '
                       f'{tuple(methods)} (or list stages)')
-  return methods[config.method] + (registry.per_network_stages() if is_text(config) else ())
+  stages = methods[config.method] + (registry.per_network_stages() if is_text(config) else ())
+  if config.teacher_dir:
+    stages = tuple(s for s in stages if s != registry.teacher_stage())
+  return stages
 
 IMITATION_GRANULARITIES = ('block', 'stage')
 IMITATION_SCHEDULES = ('progressive', 'one_shot')
@@ -205,8 +209,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.method = 'gwtn'
   config.stages = ()
   # A trained wide network to use as the teacher when 'wide' is not among the stages: the
-  # stage directory of an earlier run (`WORKDIR/stages/wide`).
+  # stage directory of an earlier run (`WORKDIR/stages/wide`), a Hugging Face BERT directory
+  # (`save_pretrained`'s config.json and model.safetensors or pytorch_model.bin), or a
+  # torchvision/timm ResNet state dict (.safetensors, .pth); see `gwtn_jax.interop.sources`.
+  # Its architecture is checked against the config's wide network before anything compiles.
   config.teacher_dir = ''
+  # A pretrained thin network that the thin stages which start fresh (thin_scratch, thin_kd,
+  # imitate) start from instead of a random initialization, of the same kinds as teacher_dir
+  # ('' = random). Its missing heads (a BertModel's MLM head) stay randomly initialized.
+  config.thin_init = ''
 
   config.batch_size = 128
   config.eval_batch_size = 500
@@ -279,6 +290,9 @@ def text_data_config(**overrides) -> ml_collections.ConfigDict:
       eval_split='test',
       vocab_size=8000,      # WordPiece entries trained on the train split ...
       vocab_file='',        # ... or a BERT vocab.txt
+      # BERT's normalizer lowercases and strips accents (uncased vocabularies); False for a
+      # cased one. A Hugging Face teacher's `do_lower_case` must agree (checked).
+      lowercase=True,
       vocab_train_examples=1_000_000,  # tfds: train the vocabulary on the first N (0 = all)
       cache_dir='',         # '' = ~/.cache/gwtn_jax/text
       seq_len=128,

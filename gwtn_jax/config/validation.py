@@ -20,6 +20,8 @@ from gwtn_jax import builders
 from gwtn_jax import data as data_lib
 from gwtn_jax import storage
 from gwtn_jax.data import datasets
+from gwtn_jax.data import wordpiece
+from gwtn_jax.interop import sources
 from gwtn_jax.config import schema
 from gwtn_jax.config import workdir as workdir_lib
 from gwtn_jax.config.schema import ConfigError
@@ -171,7 +173,8 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   Args:
     config: the config.
     workdir: the run's folder (None: not checked, for the planner).
-    data: check that the datasets exist (False: the planner, which reads none).
+    data: check that the datasets exist, and that the networks of `teacher_dir` and
+      `thin_init` are the config's (False: the planner, which reads none).
 
   Raises:
     ConfigError: one line naming the field (or path) and what to do.
@@ -198,7 +201,8 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
                f"teacher_dir is empty but stages has no '{teacher_stage}'; give the stage folder "
                f"of a trained wide network (WORKDIR/stages/{teacher_stage}) or add "
                f"'{teacher_stage}' to stages")
-    if config.teacher_dir:
+    if (config.teacher_dir and data
+        and _source(config.teacher_dir, 'teacher_dir').kind == sources.STAGE):
       check_teacher_dir(config.teacher_dir)
   else:
     _require(not config.teacher_dir,
@@ -255,8 +259,18 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
     return jax.eval_shape(functools.partial(task.init, model), jax.random.key(0),
                           task.sample_batch())
 
-  if config.teacher_dir and registry.teacher_stage() not in stages:
-    _check_teacher_network(config, abstract(wide, networks.task))
+  # The networks of teacher_dir and thin_init are read (their metadata, a config.json, a state
+  # dict) unless the data are not: the planner sizes a config on a machine without them.
+  if config.teacher_dir and registry.teacher_stage() not in stages and data:
+    _check_network_source(config, 'teacher_dir', wide, abstract(wide, networks.task))
+  if config.thin_init:
+    _require(any(registry.get(s).thin_init for s in stages),
+             f'thin_init={config.thin_init} is set but none of stages={stages} starts a thin '
+             'network afresh (' + ', '.join(s for s in registry.stages()
+                                            if registry.get(s).thin_init) + '), so it would be '
+             'ignored')
+    if data:
+      _check_network_source(config, 'thin_init', thin, abstract(thin, networks.task))
   if not is_text(config) and config.model.num_classes:
     classes = datasets.image_shape_and_classes(config.data)[1]
     _require(config.model.num_classes >= classes,
@@ -385,13 +399,69 @@ def _check_shardings(networks, abstract, sizes, rules, memory: float | None) -> 
              'lower the width or add devices (python -m gwtn_jax.plan sizes a config)')
 
 
-def _check_teacher_network(config, wide_abstract) -> None:
-  """The network in `teacher_dir` is the config's wide network (`wide_abstract`: its traced
-  variables): same arrays, same shapes, from the checkpoint's metadata, before anything is
-  restored or compiled."""
-  where = f'teacher_dir={config.teacher_dir}'
+def _source(path: str, field: str) -> sources.Source:
   try:
-    found = checkpoint_lib.final_shapes(os.path.join(config.teacher_dir, layout.FINAL_DIR))
+    return sources.identify(path, field)
+  except storage.StorageError as e:
+    raise ConfigError(str(e)) from None
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _network_fields(config, role: str) -> str:
+  """How the config names its `role` network, e.g. 'model.wide_name=bert_base, wide_width=1'."""
+  m = config.model
+  if role == 'wide' and m.wide_name:
+    return f'model.wide_name={m.wide_name}, wide_width={config.wide_width:g}'
+  return f'model.name={m.name}, {role}_width={config[f"{role}_width"]:g}'
+
+
+def _check_network_source(config, field: str, model, model_abstract) -> None:
+  """The network `config[field]` names (teacher_dir, thin_init) is the config's `model`,
+  before anything is restored or compiled; a BERT's tokenizer agrees with `config.data`."""
+  source = _source(config[field], field)
+  role = 'thin' if field == 'thin_init' else 'wide'
+  if source.kind == sources.STAGE:
+    if field == 'thin_init':
+      check_teacher_dir(config.thin_init)
+    _check_stage_network(config, field, role, model_abstract)
+    return
+  try:
+    sources.check(source, model, model_abstract, _network_fields(config, role))
+    if source.kind == sources.HF_BERT:
+      _check_hf_tokenizer(config, source)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _check_hf_tokenizer(config, source: sources.Source) -> None:
+  """A Hugging Face BERT's vocabulary and lowercasing are the data's: its embeddings are
+  rows of its own vocab.txt."""
+  from gwtn_jax.interop import bert_hf  # pylint: disable=g-import-not-at-top
+  vocab, lowercase = bert_hf.tokenizer_options(source.path)
+  if vocab is None:
+    _require(bool(config.data.vocab_file),
+             f'{source.where} has no vocab.txt or tokenizer.json and data.vocab_file is empty: '
+             'its embeddings are rows of its own vocabulary; give it as data.vocab_file')
+  else:
+    same = bool(config.data.vocab_file) and (
+        wordpiece.read_vocab(config.data.vocab_file) == wordpiece.read_vocab(vocab))
+    _require(same, f'data.vocab_file={config.data.vocab_file!r} is not the vocabulary of '
+                   f'{source.where}, whose embeddings are rows of its own: set '
+                   f'data.vocab_file={vocab}')
+  if lowercase is not None:
+    _require(bool(config.data.lowercase) == lowercase,
+             f'data.lowercase={config.data.lowercase} but {source.where} was trained with '
+             f'do_lower_case={lowercase}: set data.lowercase={lowercase}')
+
+
+def _check_stage_network(config, field: str, role: str, model_abstract) -> None:
+  """The stage folder `config[field]` holds the config's `role` network (`model_abstract`: its
+  traced variables): same arrays, same shapes, from the checkpoint's metadata, before anything
+  is restored or compiled."""
+  where = f'{field}={config[field]}'
+  try:
+    found = checkpoint_lib.final_shapes(os.path.join(config[field], layout.FINAL_DIR))
   except checkpoint_lib.CheckpointError as e:
     raise ConfigError(f'{where}: its {layout.FINAL_DIR}/ network cannot be read: '
                       f'{storage.one_line(e)}') from None
@@ -399,11 +469,10 @@ def _check_teacher_network(config, wide_abstract) -> None:
     raise ConfigError(f'{where}: its {layout.FINAL_DIR}/ network holds no arrays (truncated, '
                       'or not written by this library); rerun the stage that wrote it')
   expected = checkpoint_lib.flat_shapes(nn.meta.unbox(
-      {c: v for c, v in wide_abstract.items() if c in ('params', 'batch_stats')}))
+      {c: v for c, v in model_abstract.items() if c in ('params', 'batch_stats')}))
   # Parameters first: their names say more than the statistics'.
   expected = dict(sorted(expected.items(), key=lambda kv: not kv[0].startswith('params/')))
-  name = config.model.wide_name or config.model.name
-  wide = f'the config\'s wide network ({name}, wide_width={config.wide_width:g})'
+  wide = f'the config\'s {role} network ({_network_fields(config, role)})'
   for path, shape in expected.items():
     if path not in found:
       raise ConfigError(f'{where} holds another architecture: it lacks {path} {shape} of {wide}'

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 
+import ml_collections
+
 from gwtn_jax import storage
 from gwtn_jax.config import schema
 from gwtn_jax.config.schema import ConfigError
@@ -26,6 +28,8 @@ RERUN_FIELDS = ('seeds', 'stages', 'log_every', 'eval_every', 'checkpoint_every'
                 '*.eval_every', '*.checkpoint_every', 'data.read_threads', 'data.prefetch',
                 'mesh.*')
 CONFIG_FILE = 'config.json'
+# A BERT run's vocabulary, copied into the workdir (the export's tokenizer reads it).
+VOCAB_FILE = 'vocab.txt'
 
 
 
@@ -172,3 +176,26 @@ def check_workdir_config(config, workdir: str) -> None:
     raise ConfigError(
         f'--workdir={workdir} was started with another config: {shown}{more} differ; rerun with '
         'the same config, use a new workdir, or pass --start_over to set the old run aside')
+
+
+def read_config(workdir: str):
+  """The config a workdir was started with (its `config.json`), with the schema's defaults
+  for fields added since, as a ConfigDict (lists for tuples, as JSON has them).
+
+  Raises:
+    ConfigError: no `config.json`, or one that is not JSON.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not storage.exists(path):
+    raise ConfigError(f'--workdir={workdir} has no {CONFIG_FILE}: it is not the folder of a run')
+  saved = _read_json(path, 'the config the workdir was started with')
+
+  def merge(defaults: dict, values: dict) -> dict:
+    out = dict(defaults)
+    for key, value in values.items():
+      both = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+      out[key] = merge(defaults[key], value) if both else value
+    return out
+
+  kind = ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(merge(_schema_defaults(kind), saved))

@@ -12,7 +12,7 @@ Datasets (`config.data.name`):
   pre-training corpora (Wikipedia: ~6M articles, billions of tokens).
 
 Tokens. A BERT WordPiece vocabulary (`tokenizers`: BertNormalizer lowercasing and
-stripping accents, BertPreTokenizer, specials [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3,
+stripping accents unless `data.lowercase` is False (a cased vocabulary), BertPreTokenizer, specials [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3,
 [MASK]=4) is trained on the train split with `data.vocab_size` entries and cached as
 a standard BERT `vocab.txt` in `data.cache_dir`: on every train passage
 ('shakespeare'), on the first `data.vocab_train_examples` examples of the train split,
@@ -162,6 +162,7 @@ class _Options:
   vocab_size: int
   vocab_file: str
   vocab_train_examples: int
+  lowercase: bool
   cache: text_cache._Cache
   seq_len: int
   mask_rate: float
@@ -183,7 +184,7 @@ def check_counts(opts, prefix: str) -> None:
 # The fields of `config.data` read here; their defaults are the schema's
 # (`gwtn_jax.config.schema.text_data_config`).
 FIELDS = ('name', 'tfds_name', 'tfds_text_field', 'dir', 'train_split', 'eval_split', 'plays',
-          'vocab_size', 'vocab_file', 'vocab_train_examples', 'cache_dir', 'seq_len',
+          'vocab_size', 'vocab_file', 'vocab_train_examples', 'lowercase', 'cache_dir', 'seq_len',
           'mask_rate', 'num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch')
 
 
@@ -205,6 +206,7 @@ def _parse(config) -> _Options:
       vocab_size=int(c['vocab_size']),
       vocab_file=str(c['vocab_file']),
       vocab_train_examples=int(c['vocab_train_examples']),
+      lowercase=bool(c['lowercase']),
       cache=text_cache._cache(storage.resolve(str(c['cache_dir'])
                                         or text_cache.DEFAULT_CACHE_DIR)),
       seq_len=int(c['seq_len']),
@@ -393,7 +395,8 @@ def _prepare(opts: _Options) -> _Prepared:
   (and cached) now."""
   if opts.name == 'shakespeare':
     train_p, eval_p = corpus_lib.shakespeare_split(opts.plays)
-    vocab_file = opts.vocab_file or wordpiece.cached_vocab(train_p, opts.vocab_size, opts.cache)
+    vocab_file = opts.vocab_file or wordpiece.cached_vocab(train_p, opts.vocab_size, opts.cache,
+                                                           opts.lowercase)
   else:
     builder = text_tfds.tfds_builder(opts)
     vocab_file = opts.vocab_file or text_tfds._tfds_vocab(opts, builder)
@@ -401,9 +404,10 @@ def _prepare(opts: _Options) -> _Prepared:
     local = storage.local_mirror(vocab_file, text_cache.MIRROR_DIR)
     storage.download(vocab_file, local)
     vocab_file = local
-  tokenizer = wordpiece.load_wordpiece(vocab_file)
+  tokenizer = wordpiece.load_wordpiece(vocab_file, opts.lowercase)
   with open(vocab_file, 'rb') as f:
-    vocab_hash = text_cache._sha(f.read())
+    # The token caches depend on the normalizer too: a cased run keys them apart.
+    vocab_hash = text_cache._sha(f.read() + (b'' if opts.lowercase else b'\0cased'))
   ids_of = {t: tokenizer.token_to_id(t) for t in wordpiece.SPECIAL_TOKENS}
   special = dict(seq_len=opts.seq_len, cls_id=ids_of['[CLS]'], sep_id=ids_of['[SEP]'],
                  pad_id=ids_of['[PAD]'])

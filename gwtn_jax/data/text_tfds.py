@@ -149,14 +149,14 @@ def _tfds_vocab(opts, builder) -> str:
   """cache_dir/wordpiece-v<version>-<size>-<key>/vocab.txt, trained if absent on the first
   `vocab_train_examples` examples of the train split, streamed."""
   key = _tfds_key(opts, builder, opts.train_split, str(opts.vocab_train_examples))
-  out_dir = opts.cache.path(f'wordpiece-v{text_cache.VOCAB_VERSION}-{opts.vocab_size}-{key}')
+  out_dir = opts.cache.path(wordpiece.vocab_dir_name(opts.vocab_size, key, opts.lowercase))
   path = os.path.join(out_dir, 'vocab.txt')
   if not opts.cache.has(path):
     logging.info('Training a %d-entry WordPiece vocabulary on %s %s into %s',
                  opts.vocab_size, opts.tfds_name, opts.train_split, path)
     wordpiece.train_wordpiece(_tfds_text_chunks(opts, builder, opts.train_split,
                                                 limit=opts.vocab_train_examples),
-                              opts.vocab_size, out_dir)
+                              opts.vocab_size, out_dir, opts.lowercase)
     opts.cache.publish(path)
   return path
 

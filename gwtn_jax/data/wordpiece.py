@@ -23,18 +23,19 @@ SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
 
 def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
-                    out_dir: str) -> str:
+                    out_dir: str, lowercase: bool = True) -> str:
   """Trains a BERT WordPiece vocabulary on `texts`; writes and returns out_dir/vocab.txt.
 
   Args:
     texts: strings, or lists of strings (chunks), consumed once as they come.
     vocab_size, out_dir: the vocabulary's size and directory.
+    lowercase: BERT's normalizer lowercases and strips accents (an uncased vocabulary).
 
   The specials come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Writes to a
   temporary name and renames, so concurrent trainers never leave a partial file.
   """
   from tokenizers import implementations  # pylint: disable=g-import-not-at-top
-  tok = implementations.BertWordPieceTokenizer(lowercase=True)
+  tok = implementations.BertWordPieceTokenizer(lowercase=lowercase)
   tok.train_from_iterator(iter(texts), vocab_size=vocab_size, min_frequency=2,
                           special_tokens=list(SPECIAL_TOKENS), limit_alphabet=1000,
                           show_progress=False)
@@ -54,56 +55,90 @@ def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
   return path
 
 
-def check_vocab_text(text: str, vocab_file: str) -> None:
-  """A BERT vocab.txt's text: one token per line, the special tokens among them.
+TOKENIZER_JSON = '.json'
+
+
+def vocab_tokens(text: str, vocab_file: str) -> list[str]:
+  """The tokens, by id, of a BERT vocab.txt's text (one per line), or of a Hugging Face
+  `tokenizer.json` (a WordPiece model's vocab: what `save_pretrained` of transformers 5
+  writes instead of a vocab.txt) when `vocab_file` ends in .json.
 
   Raises:
-    ValueError: one line naming `data.vocab_file`.
+    ValueError: one line naming `data.vocab_file`: empty, without a special token, or a
+      tokenizer.json that is not a WordPiece one.
   """
-  tokens = {line.rstrip('\r') for line in text.split('\n')} - {''}
-  if not tokens:
+  if vocab_file.endswith(TOKENIZER_JSON):
+    import json  # pylint: disable=g-import-not-at-top
+    try:
+      model = json.loads(text).get('model') or {}
+    except ValueError:
+      raise ValueError(f'data.vocab_file={vocab_file!r} is not JSON; give a BERT vocab.txt or '
+                       "a WordPiece tokenizer.json") from None
+    if model.get('type') != 'WordPiece' or not isinstance(model.get('vocab'), dict):
+      raise ValueError(f'data.vocab_file={vocab_file!r} is a tokenizer.json of a '
+                       f'{model.get("type")!r} model, not WordPiece (BERT\'s)')
+    vocab = model['vocab']
+    tokens = sorted(vocab, key=vocab.get)
+  else:
+    tokens = [line.rstrip('\r') for line in text.split('\n')]
+    while tokens and not tokens[-1]:
+      tokens.pop()
+  if not any(tokens):
     raise ValueError(f'data.vocab_file={vocab_file!r} is empty; give a BERT vocab.txt (one '
                      "token per line) or '' to train one")
-  missing = [t for t in SPECIAL_TOKENS if t not in tokens]
+  missing = [t for t in SPECIAL_TOKENS if t not in set(tokens)]
   if missing:
     raise ValueError(f'data.vocab_file={vocab_file!r} lacks the tokens {missing}; a BERT '
                      'vocab.txt has them all')
+  return tokens
 
 
-def check_vocab_file(vocab_file: str) -> None:
-  """`check_vocab_text` of a file (local or gs://), refusing one that is not UTF-8 text."""
+def read_vocab(vocab_file: str) -> list[str]:
+  """`vocab_tokens` of a file (local or gs://), refusing one that is not UTF-8 text."""
   try:
     text = storage.read_text(vocab_file)
   except UnicodeDecodeError:
     raise ValueError(f'data.vocab_file={vocab_file!r} is not UTF-8 text (a binary file?); '
                      'give a BERT vocab.txt, one token per line') from None
-  check_vocab_text(text, vocab_file)
+  return vocab_tokens(text, vocab_file)
+
+
+def check_vocab_file(vocab_file: str) -> None:
+  """The file is a BERT vocabulary (`read_vocab`)."""
+  read_vocab(vocab_file)
 
 
 def load_wordpiece(vocab_file: str, lowercase: bool = True):
-  """A `tokenizers.Tokenizer` for a standard BERT vocab.txt (BERT normalizer,
-  pre-tokenizer and WordPiece decoder; no [CLS]/[SEP] added on encoding).
+  """A `tokenizers.Tokenizer` for a standard BERT vocab.txt, or a WordPiece tokenizer.json's
+  vocabulary (BERT normalizer, pre-tokenizer and WordPiece decoder; no [CLS]/[SEP] added on
+  encoding).
 
   Raises:
     ValueError: when the vocab lacks one of the special tokens.
   """
   from tokenizers import implementations  # pylint: disable=g-import-not-at-top
   with open(vocab_file, encoding='utf-8') as f:
-    check_vocab_text(f.read(), vocab_file)
-  tok = implementations.BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
+    tokens = vocab_tokens(f.read(), vocab_file)
+  vocab = {t: i for i, t in enumerate(tokens)}
+  tok = implementations.BertWordPieceTokenizer(vocab, lowercase=lowercase)
   tok = tok._tokenizer  # pylint: disable=protected-access
   tok.post_processor = None  # Packing adds [CLS] / [SEP] itself.
   return tok
 
 
+def vocab_dir_name(vocab_size: int, key: str, lowercase: bool) -> str:
+  """wordpiece-v<version>-<size>-<key>[-cased]: a trained vocabulary's cache folder."""
+  return (f'wordpiece-v{text_cache.VOCAB_VERSION}-{vocab_size}-{key}'
+          + ('' if lowercase else '-cased'))
+
+
 def cached_vocab(passages: Sequence[corpus_lib.Passage], vocab_size: int,
-                 cache: text_cache._Cache) -> str:
+                 cache: text_cache._Cache, lowercase: bool = True) -> str:
   """cache/wordpiece-v<version>-<size>-<hash>/vocab.txt, trained on `passages` if absent."""
-  out_dir = cache.path(f'wordpiece-v{text_cache.VOCAB_VERSION}-{vocab_size}-'
-                       f'{text_cache._passages_hash(passages)}')
+  out_dir = cache.path(vocab_dir_name(vocab_size, text_cache._passages_hash(passages), lowercase))
   path = os.path.join(out_dir, 'vocab.txt')
   if not cache.has(path):
-    train_wordpiece([p.text for p in passages], vocab_size, out_dir)
+    train_wordpiece([p.text for p in passages], vocab_size, out_dir, lowercase)
     cache.publish(path)
   return path
 

@@ -44,7 +44,7 @@ def _build_kd(ctx: registry.BuildContext):
 
 # The baseline every method is compared with: the thin network with KD alone, as long as
 # GWTN's stages 2 + 3.
-registry.stage(name='thin_kd', order=20, build=_build_kd, teacher=True,
+registry.stage(name='thin_kd', order=20, build=_build_kd, teacher=True, thin_init=True,
                steps_as=registry.BUDGET_ROLES, report='thin_kd', downstream=True,
                color='tab:orange')
 registry.method('kd', 10, ('thin_kd',))

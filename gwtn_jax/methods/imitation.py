@@ -362,7 +362,7 @@ def _build_finetune(ctx: registry.BuildContext):
                  temperature=cfg.temperature), ctx.exp.thin
 
 
-registry.stage(name='imitate', order=30, build=_build_imitate, teacher=True,
+registry.stage(name='imitate', order=30, build=_build_imitate, teacher=True, thin_init=True,
                budget_role='imitation', length=_imitate_length, check=_check_imitate)
 # The thin network right after imitation, its head fitted on frozen features: for the report,
 # not part of GWTN's budget.

@@ -49,6 +49,7 @@ class Stage:
     init_from: the stage whose output it starts from ('' for a fresh initialization,
       TEACHER for the teacher's variables).
     arch_from: the stage whose summary decides its network (`BuildContext.found`).
+    thin_init: it starts the thin network afresh, from `config.thin_init` when that is set.
     teacher: it reads the teacher (the `provides_teacher` stage's network).
     provides_teacher: it trains the teacher: run once (with `config.seed`) before the rest.
     budget_role: one of BUDGET_ROLES that its length stands for, or ''.
@@ -69,6 +70,7 @@ class Stage:
   build: Callable[[BuildContext], tuple[Any, Any]]
   init_from: str = ''
   arch_from: str = ''
+  thin_init: bool = False
   teacher: bool = False
   provides_teacher: bool = False
   budget_role: str = ''

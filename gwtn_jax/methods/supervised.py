@@ -96,7 +96,7 @@ def _check_downstream(config, thin, wide) -> None:
 registry.stage(name='wide', order=0, build=_build_wide, provides_teacher=True, role='wide',
                report='wide', downstream=True, color='black')
 # The control of every thin method: the thin network from scratch, as long as GWTN's 2 + 3.
-registry.stage(name='thin_scratch', order=10, build=_build_scratch,
+registry.stage(name='thin_scratch', order=10, build=_build_scratch, thin_init=True,
                steps_as=registry.BUDGET_ROLES, report='thin_scratch', downstream=True,
                color='tab:blue')
 registry.method('scratch', 50, ('thin_scratch',))
