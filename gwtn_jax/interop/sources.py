@@ -136,6 +136,7 @@ def _check_bert(source: Source, model, role_fields: str) -> None:
     raise InteropError(f'{source.where} holds a Hugging Face BERT, but the config\'s network is '
                        f'a ResNet ({role_fields})')
   hf = _hf_config(source.path)
+  tensors_lib.check_readable(bert_hf.weights_file(source.path))
   fields = bert_hf.bert_fields(hf)
   d = model.dims()
   ours = dict(num_layers=d.num_layers, hidden_size=d.hidden, num_heads=d.num_heads,

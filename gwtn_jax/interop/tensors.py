@@ -155,3 +155,26 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
       storage.upload(local, path)
   else:
     save_file(arrays, path, metadata=meta)
+
+
+def check_readable(path: str) -> None:
+  """A weights file's names can be read (a safetensors header, cheaply: nothing is loaded),
+  so a truncated or foreign file is refused at start-up. A PyTorch pickle is only checked to
+  exist: reading it is loading it.
+
+  Raises:
+    InteropError: one line naming the file.
+  """
+  if not storage.isfile(path):
+    raise InteropError(f'{path} is not a file')
+  if path.endswith(SAFETENSORS_SUFFIX) and not storage.is_remote(path):
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    try:
+      with safe_open(path, framework='numpy') as f:
+        names = list(f.keys())
+    except Exception as e:  # pylint: disable=broad-except
+      raise InteropError(f'{path} is not a readable safetensors file (truncated or not '
+                         f'safetensors: {_one_line(e)})') from e
+    if not names:
+      raise InteropError(f'{path} holds no tensors')
+
