@@ -191,6 +191,8 @@ def test_a_hugging_face_teacher_is_checked_before_anything_compiles(demo, tmp_pa
 
   refused(r'but teacher_dir=.* holds 2 layers of hidden 128.*use model\.wide_name=bert_tiny',
           **{'model.wide_name': 'bert_mini'})
+  refused(r'model\.name=bert_tiny, wide_width=0\.5 but .* use model\.wide_name=bert_tiny and '
+          r'wide_width=1$', wide_width=0.5)
   other = tmp_path / 'other_vocab.txt'
   tokens = open(os.path.join(demo['run_a'], 'vocab.txt'), encoding='utf-8').read().splitlines()
   other.write_text('\n'.join(tokens[:-1] + ['zzzz']) + '\n', encoding='utf-8')

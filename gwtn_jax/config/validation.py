@@ -262,7 +262,7 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   # The networks of teacher_dir and thin_init are read (their metadata, a config.json, a state
   # dict) unless the data are not: the planner sizes a config on a machine without them.
   if config.teacher_dir and registry.teacher_stage() not in stages and data:
-    _check_network_source(config, 'teacher_dir', wide, abstract(wide, networks.task))
+    _check_network_source(config, 'teacher_dir', wide, abstract(wide, networks.task), thin)
   if config.thin_init:
     _require(any(registry.get(s).thin_init for s in stages),
              f'thin_init={config.thin_init} is set but none of stages={stages} starts a thin '
@@ -416,7 +416,7 @@ def _network_fields(config, role: str) -> str:
   return f'model.name={m.name}, {role}_width={config[f"{role}_width"]:g}'
 
 
-def _check_network_source(config, field: str, model, model_abstract) -> None:
+def _check_network_source(config, field: str, model, model_abstract, thin=None) -> None:
   """The network `config[field]` names (teacher_dir, thin_init) is the config's `model`,
   before anything is restored or compiled; a BERT's tokenizer agrees with `config.data`."""
   source = _source(config[field], field)
@@ -427,7 +427,7 @@ def _check_network_source(config, field: str, model, model_abstract) -> None:
     _check_stage_network(config, field, role, model_abstract)
     return
   try:
-    sources.check(source, model, model_abstract, _network_fields(config, role))
+    sources.check(source, model, model_abstract, _network_fields(config, role), thin)
     if source.kind == sources.HF_BERT:
       _check_hf_tokenizer(config, source)
   except ValueError as e:

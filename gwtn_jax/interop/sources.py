@@ -109,7 +109,8 @@ def _tensors(path: str) -> dict[str, np.ndarray]:
   return tensors_lib.read_tensors(path)
 
 
-def check(source: Source, model: nn.Module, abstract: Any, role_fields: str) -> None:
+def check(source: Source, model: nn.Module, abstract: Any, role_fields: str,
+          thin: nn.Module | None = None) -> None:
   """The architecture `source` holds is `model`'s, before anything is restored or compiled.
 
   Args:
@@ -117,6 +118,8 @@ def check(source: Source, model: nn.Module, abstract: Any, role_fields: str) -> 
       checkpoint's metadata).
     model: the config's network for it (the wide one for a teacher, the thin one for thin_init).
     abstract: its variables' shapes (`jax.eval_shape` of its task's init).
+    thin: the thin network, when `model` is its teacher (to say the layer map a deeper
+      teacher needs).
     role_fields: how the config names that network, for the message
       (e.g. 'model.wide_name=bert_base, wide_width=1').
 
@@ -124,12 +127,12 @@ def check(source: Source, model: nn.Module, abstract: Any, role_fields: str) -> 
     InteropError: one line naming both architectures and the config fields to change.
   """
   if source.kind == HF_BERT:
-    _check_bert(source, model, role_fields)
+    _check_bert(source, model, role_fields, thin)
   elif source.kind == TORCH_RESNET:
     _check_resnet(source, model, abstract, role_fields)
 
 
-def _check_bert(source: Source, model, role_fields: str) -> None:
+def _check_bert(source: Source, model, role_fields: str, thin) -> None:
   from gwtn_jax.interop import bert_hf  # pylint: disable=g-import-not-at-top
   from gwtn_jax.models import bert as bert_lib  # pylint: disable=g-import-not-at-top
   if not isinstance(model, bert_lib.Bert):
@@ -146,7 +149,7 @@ def _check_bert(source: Source, model, role_fields: str) -> None:
     raise InteropError(
         f'{role_fields} but {source.where} holds {bert_hf.describe(hf)}'
         f' (the config gives {d.num_layers} layers of hidden {d.hidden}, {d.num_heads} heads, '
-        f'FFN {d.intermediate}): {_bert_fix(theirs, role_fields)}')
+        f'FFN {d.intermediate}): {_bert_fix(theirs, role_fields, thin)}')
   for field, theirs_value, config_field in (
       ('vocab_size', fields['vocab_size'], 'data.vocab_file (the teacher\'s vocab.txt)'),
       ('max_position', fields['max_position'], 'model.max_position'),
@@ -160,7 +163,7 @@ def _check_bert(source: Source, model, role_fields: str) -> None:
                          f'{field}={mine} ({fix})')
 
 
-def _bert_fix(theirs: dict[str, int], role_fields: str) -> str:
+def _bert_fix(theirs: dict[str, int], role_fields: str, thin) -> str:
   """What to set for a BERT of `theirs` sizes: a preset, and the layer map it implies."""
   from gwtn_jax.models import bert as bert_lib  # pylint: disable=g-import-not-at-top
   for name, preset in bert_lib.BERT_PRESETS.items():
@@ -170,8 +173,12 @@ def _bert_fix(theirs: dict[str, int], role_fields: str) -> str:
         theirs['intermediate_size']):
       wide = 'model.wide_name' if 'wide' in role_fields else 'model.name'
       width = 'wide_width' if 'wide' in role_fields else 'thin_width'
-      return (f'use {wide}={name} and {width}=1 (with an imitate.layer_map of one entry per '
-              'thin point when the depths differ)')
+      fix = f'use {wide}={name} and {width}=1'
+      layers = theirs['num_layers']
+      if thin is not None and thin.num_layers != layers:
+        fix += (f', and an imitate.layer_map of {thin.num_layers + 1} entries, one per thin '
+                f'point (recipes.even_layer_map({thin.num_layers}, {layers}) spaces them evenly)')
+      return fix
   return ('no preset has these sizes; set the model fields to match, or convert another '
           'checkpoint')
 
