@@ -163,16 +163,25 @@ def build_model(config, role: str, num_classes: int, vocab_size: int | None = No
   m = config.model
   name = m.wide_name if role == 'wide' and m.wide_name else m.name
   if config_lib.is_text(config):
+    depth = {'num_layers': m.num_layers} if m.num_layers else {}
     return models.get_bert(
-        name, vocab_size=vocab_size, width_multiplier=width, num_classes=num_classes,
+        name, **depth, vocab_size=vocab_size, width_multiplier=width, num_classes=num_classes,
         dtype=jnp.dtype(m.dtype), pre_layer_norm=m.pre_layer_norm, dropout_rate=m.dropout_rate,
         attention_dropout_rate=m.attention_dropout_rate, max_position=m.max_position,
         nsp_head=m.nsp_head, scan_layers=m.scan_layers, remat=m.remat)
   kwargs = dict(num_classes=num_classes, dtype=jnp.dtype(m.dtype), width_multiplier=width)
+  if name in models.MLP_PRESETS:
+    if m.num_filters:
+      kwargs['features'] = m.num_filters
+    if m.num_layers:
+      kwargs['depth'] = m.num_layers
+    return models.get_model(name, **kwargs)
   if name.startswith('cifar_'):
     kwargs['stem_strides'] = m.stem_strides
   if m.num_filters:
     kwargs['num_filters'] = m.num_filters
+  if not m.shortcuts:
+    kwargs['shortcuts'] = False
   return models.get_model(name, **kwargs)
 
 

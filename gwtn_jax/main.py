@@ -54,6 +54,7 @@ def main(argv):
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax import data  # pylint: disable=g-import-not-at-top
   from gwtn_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import study  # pylint: disable=g-import-not-at-top
   from gwtn_jax.interop import tensors  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -62,7 +63,10 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:
-    pipeline.run(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
+    if _CONFIG.value.study.axis:
+      study.run(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
+    else:
+      pipeline.run(_CONFIG.value, _WORKDIR.value, start_over=_START_OVER.value)
   except (config_lib.ConfigError, data.DataError, tensors.InteropError) as e:
     # DataError: broken data met mid-run; the loop let its pending saves finish first.
     # InteropError: another framework's checkpoint (teacher_dir, thin_init) that does not

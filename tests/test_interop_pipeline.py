@@ -20,6 +20,7 @@ import torchvision
 import transformers
 
 from conftest import tiny_config
+from test_interop_resnet import randomize
 from gwtn_jax import config_lib
 from gwtn_jax import export as export_lib
 from gwtn_jax import pipeline
@@ -251,14 +252,7 @@ def _resnet_config(teacher: str, wide_width: float = 2.0):
 
 def test_a_torchvision_wide_resnet50_2_teaches_a_thin_resnet50(tmp_path):
   torch.manual_seed(0)
-  teacher = torchvision.models.wide_resnet50_2(num_classes=4).eval()
-  with torch.no_grad():
-    for module in teacher.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.uniform_(-0.2, 0.2)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 2.0)
+  teacher = randomize(torchvision.models.wide_resnet50_2(num_classes=4))
   path = str(tmp_path / 'wide_resnet50_2.pth')
   torch.save(teacher.state_dict(), path)
   # The wrong width is refused at start-up, naming the field.
@@ -362,7 +356,6 @@ def test_a_cased_vocabulary_keeps_the_case(tmp_path):
     'configs/resnet50_imagenet.py:torchvision_teacher=/nonexistent/wide_resnet50_2.pth'])
 def test_the_pretrained_teacher_recipes_validate_and_skip_stage_1(arg):
   from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,unused-import
   import importlib.util  # pylint: disable=g-import-not-at-top
   path, option = arg.split(':')
   spec = importlib.util.spec_from_file_location('recipe', os.path.join(REPO, path))

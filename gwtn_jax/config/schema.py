@@ -161,14 +161,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.seeds = (0,)
 
   config.model = ml_collections.ConfigDict(dict(
-      name='cifar_resnet20',  # a ResNet of gwtn_jax.models.MODELS, or a BERT preset (bert_*)
+      # a ResNet of gwtn_jax.models.MODELS, a plain MLP of MLP_PRESETS (mlp<depth>), or a BERT
+      # preset (bert_*)
+      name='cifar_resnet20',
       # The wide network's architecture when it is not the thin one widened: e.g. a 24-layer
       # 'bert_large' teacher for a 'bert_base' student (pair with imitate.layer_map).
       wide_name='',
       num_classes=0,        # 0: the dataset's
       dtype='float32',      # compute dtype (bfloat16 on TPU); parameters stay float32
       stem_strides=1,       # CIFAR-style stem only (2 takes 28x28 to 14x14)
-      num_filters=0,        # ResNets: stage 1's base width (0: the preset's; 64 or 16)
+      num_filters=0,        # ResNets: stage 1's base width (0: the preset's; 64 or 16); MLPs:
+                            # the hidden width (0: the preset's 128)
+      shortcuts=True,       # ResNets: False removes every residual connection (a plain net)
+      num_layers=0,          # BERTs: encoder layers; MLPs: hidden layers (0: the preset's)
       # BERT only.
       pre_layer_norm=False,  # False: post-LN as in BERT; True: pre-LN (learns at small budgets)
       dropout_rate=0.1,
@@ -275,6 +280,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.dan_adjoined = stage_config(steps=-1, epoch_steps=0)
   # BERT only: each network fine-tuned on a classification task (equal steps for all).
   config.downstream = downstream_config()
+  # A study (`gwtn_jax.study`): the pipeline once per value of one config field (dotted, e.g.
+  # 'model.name' or 'imitate.steps_per_point'), every seed, and study.json/md/png over them.
+  # '' = a single run.
+  config.study = ml_collections.ConfigDict(dict(axis='', settings=(), label=''))
   return config
 
 

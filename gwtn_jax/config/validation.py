@@ -18,6 +18,7 @@ import ml_collections
 
 from gwtn_jax import builders
 from gwtn_jax import data as data_lib
+from gwtn_jax import models
 from gwtn_jax import storage
 from gwtn_jax.data import datasets
 from gwtn_jax.data import wordpiece
@@ -111,16 +112,24 @@ def _check_no_ignored_fields(config, stages) -> None:
                 'phase lasts imitate.steps_per_point)')
   model, base = config.model, base_config.model
   if is_text(config):
-    for name in ('stem_strides', 'num_filters'):
+    for name in ('stem_strides', 'num_filters', 'shortcuts'):
       _check_read(model[name], base[name], f'model.{name}', 'on a BERT (model.name='
                   f'{model.name!r})')
   else:
     for name in _BERT_MODEL_FIELDS:
       _check_read(model[name], base[name], f'model.{name}', 'on a ResNet (BERT only)')
     names = {model.name, model.wide_name or model.name}
-    if not any(n.startswith('cifar_') for n in names):
-      _check_read(model.stem_strides, base.stem_strides, 'model.stem_strides',
-                  f'with the ImageNet stem of model.name={model.name!r} (CIFAR stems only)')
+    if names <= set(models.MLP_PRESETS):
+      for name in ('stem_strides', 'shortcuts'):
+        _check_read(model[name], base[name], f'model.{name}',
+                    f'on an MLP (model.name={model.name!r}: ResNets only)')
+    else:
+      _check_read(model.num_layers, base.num_layers, 'model.num_layers',
+                  f'on a ResNet (model.name={model.name!r}: MLPs and BERTs only; a ResNet\'s '
+                  'depth is its preset)')
+      if not any(n.startswith('cifar_') for n in names):
+        _check_read(model.stem_strides, base.stem_strides, 'model.stem_strides',
+                    f'with the ImageNet stem of model.name={model.name!r} (CIFAR stems only)')
     data, base = config.data, base_config.data
     if data.name != 'imagenet2012':
       _check_read(data.image_size, base.image_size, 'data.image_size',

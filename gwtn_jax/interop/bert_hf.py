@@ -138,12 +138,7 @@ def read_config(directory: str) -> dict[str, Any]:
   if not storage.isfile(path):
     raise InteropError(f'{directory} is not a Hugging Face model directory: it has no '
                        f'{CONFIG_FILE}')
-  try:
-    config = json.loads(storage.read_text(path))
-  except (ValueError, UnicodeDecodeError) as e:
-    raise InteropError(f'{path} is not JSON ({" ".join(str(e).split())[:120]})') from None
-  if not isinstance(config, dict):
-    raise InteropError(f'{path} holds a {type(config).__name__}, not a JSON object')
+  config = _read_json(path)
   _check_model_type(config, path)
   weights_file(directory)
   return config

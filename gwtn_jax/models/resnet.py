@@ -123,6 +123,7 @@ class _ResidualBlock(nn.Module):
     strides: the block's stride (and the projection shortcut's).
     projection: whether the shortcut is a projection; ``None`` means where the stride or the
       width changes.
+    shortcut: False makes the block plain (no residual: FitNets' and the theory's regime).
   """
 
   # Output width per unit of base width; ResNet reads it to plan channels.
@@ -134,17 +135,22 @@ class _ResidualBlock(nn.Module):
   out_features: Optional[int] = None
   strides: int = 1
   projection: Optional[bool] = None
+  shortcut: bool = True
 
   @property
   def out(self) -> int:
     return self.out_features or self.features * self.expansion
 
   def _last_norm(self, name: str):
+    if not self.shortcut:  # a plain block's output is its branch: it must not start at zero
+      return self.norm(name=name)
     # Zero scale makes the block start as the identity (Goyal et al., 2017).
     return self.norm(name=name, scale_init=nn.with_logical_partitioning(nn.initializers.zeros,
                                                                          BN_AXES))
 
   def _residual(self, x, y):
+    if not self.shortcut:
+      return _constrain(nn.relu(y))
     projection = self.projection
     if projection is None:
       projection = self.strides != 1 or x.shape[-1] != self.out
@@ -263,6 +269,8 @@ class ResNet(nn.Module):
       identity shortcut must keep the stem's width.
     norm: the norm class: nn.BatchNorm, or a subclass with its variables (the network binds
       its options, and names every norm after its conv: 'stem_bn', 'bn1', ..., 'proj_bn').
+    shortcuts: False removes every residual connection (and projection shortcut): a plain
+      network of the same layers, FitNets' regime, where depth makes training hard.
   """
 
   stage_sizes: Sequence[int]
@@ -278,6 +286,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   widths: Optional[WidthPlan] = None
   norm: ModuleDef = nn.BatchNorm
+  shortcuts: bool = True
 
   # --- Static description (no init, no compile) -------------------------------------------
 
@@ -459,7 +468,7 @@ class ResNet(nn.Module):
           x = self.block_cls(
               features=plan.inner[point - 1], conv=conv, norm=norm, out_features=plan.out[i],
               strides=2 if i > 0 and j == 0 else 1,
-              projection=j == 0 and projections[i],
+              projection=j == 0 and projections[i], shortcut=self.shortcuts,
               name=points[point].modules[0])(x)
           self.sow('intermediates', points[point].name, x)
           if stop == point:

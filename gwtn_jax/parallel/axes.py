@@ -17,6 +17,11 @@ RESNET_HEAD_BIAS_AXES = ('classes',)
 # ResNet feature maps (every block's output, the imitated points, and the stem's).
 RESNET_ACTIVATION_AXES = ('batch', 'act_height', 'act_width', 'act_channels')
 
+# Fully connected (MLP) layers: kernel [in, out] and bias, named as a 1x1 conv's, so that the
+# mesh rules of the ResNets apply to them; the head is the ResNets'.
+MLP_KERNEL_AXES = ('conv_in', 'conv_out')
+MLP_BIAS_AXES = ('conv_out',)
+
 # BERT parameters (the position and token-type tables' first axis is unnamed: they are small).
 BERT_LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv', 'mlp', 'classes', 'layers')
 # BERT's large activations: the residual stream and every sown point, q/k/v, the FFN's hidden

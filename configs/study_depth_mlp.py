@@ -1,0 +1,84 @@
+r"""Depth study in the theory's regime: deep thin plain MLPs on Fashion-MNIST, 3 seeds.
+
+Command (from the repository root, after the README's set-up):
+
+  python -m gwtn_jax.main --config=configs/study_depth_mlp.py --workdir=/tmp/study_mlp
+
+Hardware: the 2-core CPU machine this project is developed on (no accelerator).
+Expected time and result: see README, "When does GWTN pay?" (the measured table is copied
+there and below when run). `:smoke` runs two depths on a slice of the data in a few minutes.
+
+What it runs: for each depth, the wide MLP once (seed 0) and, for seeds 0, 1, 2, the thin MLP
+from scratch, by KD alone, and by GWTN (layerwise imitation bottom to top, then fine-tuning
+with KD), the three at equal thin steps; `study.json`, `study.md`, `study.png` in the workdir.
+
+Choices (ours; the paper has no such recipe):
+- MLPs (`gwtn_jax.models.mlp`): plain (no residuals, no normalization), ReLU, He init; hidden
+  width 128 wide and 16 thin (thin_width 0.125: k = 8), depths 4, 8, 16, 32 (`study.settings`).
+- The imitation budget is the same at every depth: 1600 steps split evenly over the layers
+  (steps_per_point = 1600 / depth, one progressive phase per layer, 'block' granularity:
+  the paper's layerwise schedule), then 800 steps of fine-tuning; the controls get the same
+  2400 steps. The wide network trains 2400 steps.
+- Adam (adamw without decay) at 1e-3 for every stage (cosine, 100 warmup steps for the full-length stages; per
+  imitation phase restarted without warmup), batch 128, no weight decay; KD (control and
+  stage 3): alpha 0.5 at T = 4, as in the Fashion-MNIST demo. Plain MLPs take no augmentation.
+- One seed's wide network teaches every seed (the pipeline trains it once, with `seed`).
+"""
+
+from gwtn_jax import config_lib
+
+DEPTHS = (4, 8, 16, 32)
+IMITATION_STEPS = 1600   # split over the layers at every depth
+FINETUNE_STEPS = 800
+
+
+def _adam(warmup: int):
+  return config_lib.optimizer_config(name='adamw', learning_rate=1e-3, weight_decay=0.0,
+                                     schedule='cosine', warmup_steps=warmup)
+
+
+def get_config(arg: str = ''):
+  args = config_lib.parse_config_arg(arg, dict(smoke=bool), 'configs/study_depth_mlp.py')
+  config = config_lib.base_config()
+  config.model.name = 'mlp4'  # depth: model.num_layers, the study's axis
+  config.thin_width = 0.125
+  config.wide_width = 1.0
+  config.data.name = 'fashion_mnist_idx'
+  config.data.dir = '/usr/share/datasets/fashion-mnist'
+  config.data.augment = False
+  config.seeds = (0, 1, 2)
+
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.log_every = 200
+  config.eval_every = 800
+  config.checkpoint_every = 800
+
+  imitation, finetune, depths = IMITATION_STEPS, FINETUNE_STEPS, DEPTHS
+  if args.get('smoke'):
+    imitation, finetune, depths = 64, 32, (2, 4)
+    config.data.num_train_examples = 2048
+    config.data.num_eval_examples = 1000
+    config.seeds = (0, 1)
+    config.log_every = config.eval_every = config.checkpoint_every = 32
+  for stage in ('wide', 'thin_scratch', 'thin_kd', 'finetune'):
+    config[stage].optimizer = _adam(min(100, finetune // 8))
+  config.imitate.optimizer = _adam(0)
+  config.probe.optimizer = _adam(0)
+  config.wide.steps = imitation + finetune
+  config.thin_kd.alpha = 0.5
+  config.thin_kd.temperature = 4.0
+  config.imitate.granularity = 'block'
+  config.probe.steps = 200 if not args.get('smoke') else 16
+  config.finetune.steps = finetune
+  config.finetune.alpha = 0.5
+  config.finetune.temperature = 4.0
+
+  config.study.axis = 'model.num_layers'
+  config.study.label = 'depth (hidden layers)'
+  config.study.settings = tuple(
+      {'model.num_layers': d, 'imitate.steps_per_point': imitation // d,
+       'imitate.eval_every': imitation // d} for d in depths)
+  config.model.num_layers = depths[0]
+  config.imitate.steps_per_point = imitation // depths[0]
+  return config

@@ -1,0 +1,123 @@
+"""The study runner, the plain MLP family and ResNets without shortcuts."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from gwtn_jax import config_lib
+from gwtn_jax import models
+from gwtn_jax import study as study_lib
+from gwtn_jax.train import checkpoint
+
+
+def test_an_mlp_sows_every_layer_and_runs_between_points():
+  model = models.get_model('mlp8', num_classes=3, width_multiplier=0.125)
+  assert model.hidden() == 16
+  points = model.points()
+  assert [p.name for p in points] == [f'layer_{i}' for i in range(1, 9)]
+  assert [p.name for p in points if p.stage_end] == ['layer_4', 'layer_8']
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 1))
+  variables = model.init(jax.random.key(1), x, train=False)
+  assert set(variables['params']) == {f'dense_{i}' for i in range(1, 9)} | {'head'}
+  logits, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  sown = model.read_points(state['intermediates'])
+  assert list(sown) == [p.name for p in points] and logits.shape == (2, 3)
+  # The bottom up to layer 3, then the rest from there, is the whole network.
+  mid = model.apply(variables, x, train=False, stop_at='layer_3')
+  np.testing.assert_allclose(mid, sown['layer_3'], rtol=1e-6)
+  top = model.apply(variables, mid, train=False, start_after='layer_3')
+  np.testing.assert_allclose(top, logits, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='model.width_multiplier=0.1 gives 12.8 hidden units'):
+    models.get_model('mlp4', num_classes=3, width_multiplier=0.1).hidden()
+
+
+def test_a_resnet_without_shortcuts_is_the_plain_network_of_the_same_layers():
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  plain = models.get_model('cifar_resnet8', num_classes=4, shortcuts=False)
+  residual = models.get_model('cifar_resnet8', num_classes=4)
+  v_plain = nn.meta.unbox(plain.init(jax.random.key(1), x, train=False))
+  v_res = nn.meta.unbox(residual.init(jax.random.key(1), x, train=False))
+  # The same layers but the projection shortcuts.
+  flat = lambda v: set(checkpoint.flat_shapes(v['params']))
+  assert {p for p in flat(v_res) if 'proj_' not in p} == flat(v_plain)
+  # A plain block's last norm starts at scale 1 (a residual one at 0, the identity).
+  assert float(v_plain['params']['stage1_block1_layers']['bn2']['scale'].mean()) == 1.0
+  assert float(v_res['params']['stage1_block1_layers']['bn2']['scale'].mean()) == 0.0
+  _, state = plain.apply(v_plain, x, train=False, mutable=['intermediates'])
+  stem = state['intermediates']['stem'][0]
+  block = state['intermediates']['stage1_block1'][0]
+  assert float(jnp.abs(block).sum()) > 0 and not np.allclose(block, stem)
+
+
+def _study_config(**overrides):
+  c = tiny_config('', **{'model.name': 'mlp2', 'thin_width': 0.25, 'seeds': (0, 1)})
+  c.study.axis = 'model.num_layers'
+  c.study.label = 'depth'
+  c.study.settings = ({'model.num_layers': 2, 'imitate.steps_per_point': 2},
+                      {'model.num_layers': 4, 'imitate.steps_per_point': 1})
+  for key, value in overrides.items():
+    c.study[key] = value
+  return c
+
+
+def test_a_study_runs_each_setting_and_writes_its_tables(tmp_path, capsys):
+  workdir = str(tmp_path / 'study')
+  result = study_lib.run(_study_config(), workdir)
+  on_disk = json.load(open(os.path.join(workdir, 'study.json')))
+  assert on_disk == json.loads(json.dumps(result))
+  assert on_disk['axis'] == 'model.num_layers' and on_disk['metric'] == 'accuracy'
+  assert [s['value'] for s in on_disk['settings']] == [2, 4]
+  for setting in on_disk['settings']:
+    networks = setting['networks']
+    assert {'thin_scratch', 'thin_kd', 'thin_gwtn', 'wide'} <= set(networks)
+    for name, row in networks.items():
+      seeds = 1 if name == 'wide' else 2
+      assert len(row['per_seed']) == seeds, name
+      assert row['mean'] == pytest.approx(np.mean(row['per_seed']))
+      assert row['params'] > 0 and row['flops'] > 0 and row['train_steps'] > 0
+    # Equal thin budgets at each depth (2 points x 2 steps, 4 x 1, + fine-tuning).
+    assert networks['thin_scratch']['train_steps'] == networks['thin_gwtn']['train_steps']
+  deeper = on_disk['settings'][1]['networks']['thin_gwtn']['params']
+  assert deeper > on_disk['settings'][0]['networks']['thin_gwtn']['params']
+  table = open(os.path.join(workdir, 'study.md')).read()
+  assert '| depth | thin_scratch | thin_kd | thin_gwtn' in table
+  assert open(os.path.join(workdir, 'study.png'), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  # Rerun: every setting is loaded, nothing trains again, the same numbers.
+  capsys.readouterr()
+  again = study_lib.run(_study_config(), workdir)
+  assert again == result
+  assert 'step 1/' not in capsys.readouterr().out
+
+
+def test_a_bad_study_is_refused_before_any_setting_runs(tmp_path):
+  for overrides, match in (
+      ({'settings': ()}, 'study.settings is empty'),
+      ({'axis': 'model.no_such_field', 'settings': (1, 2)}, "'model.no_such_field' is not a"),
+      ({'settings': ({'imitate.steps_per_point': 2},)}, 'does not set the axis'),
+      ({'settings': (2, 2)}, 'takes a value twice'),
+      ({'settings': (2, 0.5)}, r'study: model.num_layers=0.5 does not fit the field'),
+      ({'settings': (2, -1)}, r'study setting model.num_layers=-1: model.depth=-1 must be')):
+    with pytest.raises(config_lib.ConfigError, match=match):
+      study_lib.run(_study_config(**overrides), str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w' / 'settings')
+
+
+def test_depth_and_shortcut_fields_are_refused_where_nothing_reads_them(tmp_path):
+  for overrides, match in (
+      ({'model.num_layers': 4}, r'model.num_layers=4 .*on a ResNet'),
+      ({'model.name': 'mlp4', 'model.shortcuts': False}, r'model.shortcuts=False .*on an MLP'),
+  ):
+    with pytest.raises(config_lib.ConfigError, match=match):
+      config_lib.validate(tiny_config('', **overrides), None, data=False)
+  with pytest.raises(config_lib.ConfigError, match=r'model.shortcuts=False .*on a BERT'):
+    config_lib.validate(tiny_config('bert', **{'model.shortcuts': False}), None, data=False)
+  # Read where they apply.
+  config_lib.validate(tiny_config('', **{'model.name': 'mlp4', 'model.num_layers': 3}), None,
+                      data=False)
+  config_lib.validate(tiny_config('', **{'model.shortcuts': False}), None, data=False)
