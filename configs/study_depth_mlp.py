@@ -5,8 +5,9 @@ Command (from the repository root, after the README's set-up):
   python -m gwtn_jax.main --config=configs/study_depth_mlp.py --workdir=/tmp/study_mlp
 
 Hardware: the 2-core CPU machine this project is developed on (no accelerator).
-Expected time and result: see README, "When does GWTN pay?" (the measured table is copied
-there and below when run). `:smoke` runs two depths on a slice of the data in a few minutes.
+Expected time and result: see README, "When does GWTN pay?" (the measured tables are there
+and below). `:smoke` runs two depths on a slice of the data in a few minutes; `:budget` runs
+the imitation-budget ladder at depth 32 instead of the depth sweep; `:deep` adds depth 64.
 
 What it runs: for each depth, the wide MLP once (seed 0) and, for seeds 0, 1, 2, the thin MLP
 from scratch, by KD alone, and by GWTN (layerwise imitation bottom to top, then fine-tuning
@@ -14,22 +15,29 @@ with KD), the three at equal thin steps; `study.json`, `study.md`, `study.png` i
 
 Choices (ours; the paper has no such recipe):
 - MLPs (`gwtn_jax.models.mlp`): plain (no residuals, no normalization), ReLU, He init; hidden
-  width 128 wide and 16 thin (thin_width 0.125: k = 8), depths 4, 8, 16, 32 (`study.settings`).
+  width 128 wide and 16 thin (thin_width 0.125: k = 8), depths 4, 8, 16, 32 (`study.settings`;
+  `:deep` adds 64, where training from scratch clearly degrades, in a workdir it extends).
 - The imitation budget is the same at every depth: 1600 steps split evenly over the layers
   (steps_per_point = 1600 / depth, one progressive phase per layer, 'block' granularity:
   the paper's layerwise schedule), then 800 steps of fine-tuning; the controls get the same
   2400 steps. The wide network trains 2400 steps.
-- Adam (adamw without decay) at 1e-3 for every stage (cosine, 100 warmup steps for the full-length stages; per
-  imitation phase restarted without warmup), batch 128, no weight decay; KD (control and
-  stage 3): alpha 0.5 at T = 4, as in the Fashion-MNIST demo. Plain MLPs take no augmentation.
+- Adam (adamw without decay) at 1e-3 for every stage (cosine, 100 warmup steps for the
+  full-length stages; restarted per imitation phase, without warmup), batch 128; KD (control
+  and stage 3): alpha 0.5 at T = 4, as in the Fashion-MNIST demo. No augmentation.
 - One seed's wide network teaches every seed (the pipeline trains it once, with `seed`).
 """
 
 from gwtn_jax import config_lib
 
 DEPTHS = (4, 8, 16, 32)
+DEEP = 64  # `:deep` adds it: about 20 more minutes here (64 phases per seed)
 IMITATION_STEPS = 1600   # split over the layers at every depth
 FINETUNE_STEPS = 800
+# `:budget`: depth 32 with 150 and 450 imitation steps per layer (the depth study's depth-32
+# row is the 50 rung, the same config); the controls train as long as imitation + fine-tuning
+# at each rung. About 20 minutes here.
+BUDGET_DEPTH = 32
+BUDGET_STEPS_PER_LAYER = (150, 450)
 
 
 def _adam(warmup: int):
@@ -38,7 +46,8 @@ def _adam(warmup: int):
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_config_arg(arg, dict(smoke=bool), 'configs/study_depth_mlp.py')
+  args = config_lib.parse_config_arg(arg, dict(smoke=bool, budget=bool, deep=bool),
+                                     'configs/study_depth_mlp.py')
   config = config_lib.base_config()
   config.model.name = 'mlp4'  # depth: model.num_layers, the study's axis
   config.thin_width = 0.125
@@ -55,6 +64,8 @@ def get_config(arg: str = ''):
   config.checkpoint_every = 800
 
   imitation, finetune, depths = IMITATION_STEPS, FINETUNE_STEPS, DEPTHS
+  if args.get('deep'):
+    depths += (DEEP,)
   if args.get('smoke'):
     imitation, finetune, depths = 64, 32, (2, 4)
     config.data.num_train_examples = 2048
@@ -81,4 +92,12 @@ def get_config(arg: str = ''):
        'imitate.eval_every': imitation // d} for d in depths)
   config.model.num_layers = depths[0]
   config.imitate.steps_per_point = imitation // depths[0]
+  if args.get('budget'):
+    # The imitation budget at the depth where GWTN fell furthest behind: steps per layer.
+    config.model.num_layers = BUDGET_DEPTH
+    config.study.axis = 'imitate.steps_per_point'
+    config.study.label = f'imitation steps per layer (depth {BUDGET_DEPTH})'
+    config.study.settings = tuple({'imitate.steps_per_point': n, 'imitate.eval_every': n}
+                                  for n in BUDGET_STEPS_PER_LAYER)
+    config.imitate.steps_per_point = BUDGET_STEPS_PER_LAYER[0]
   return config

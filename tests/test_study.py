@@ -121,3 +121,25 @@ def test_depth_and_shortcut_fields_are_refused_where_nothing_reads_them(tmp_path
   config_lib.validate(tiny_config('', **{'model.name': 'mlp4', 'model.num_layers': 3}), None,
                       data=False)
   config_lib.validate(tiny_config('', **{'model.shortcuts': False}), None, data=False)
+
+
+@pytest.mark.parametrize('arg', ['', 'deep', 'budget', 'smoke'])
+def test_the_depth_study_config_checks_every_setting(arg):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',
+                      'study_depth_mlp.py')
+  spec = importlib.util.spec_from_file_location('study_depth_mlp', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  settings = study_lib.setting_configs(config)
+  assert len(settings) >= 2
+  for value, setting in settings:
+    config_lib.validate(setting, None, data=False)
+    stages = config_lib.stages_of(setting)
+    assert {'thin_scratch', 'thin_kd', 'imitate', 'finetune'} <= set(stages), value
+  if arg in ('', 'deep'):
+    # The same imitation budget at every depth, split over the layers.
+    budgets = {s.model.num_layers * s.imitate.steps_per_point for _, s in settings}
+    assert budgets == {module.IMITATION_STEPS}
+    assert [v for v, _ in settings] == list(module.DEPTHS) + ([module.DEEP] if arg else [])
