@@ -321,6 +321,14 @@ def main(argv):
   print(f'{done.network} -> {done.out}: {", ".join(done.files)}')
 
 
+def _parse_flags(argv):
+  """absl's parsing, with a missing or bad flag refused in one line (exit status 2)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    cli.refuse(f'{e}; see --helpshort')
+
+
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
