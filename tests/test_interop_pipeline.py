@@ -113,6 +113,9 @@ def test_export_refuses_what_it_cannot_do_in_one_line(demo, tmp_path):
   assert done.returncode == 2
   line = done.stderr.strip().splitlines()[-1]
   assert '--network=small_an is not in the report' in line and 'thin_gwtn' in line
+  done = _cli('gwtn_jax.export', f'--workdir={run_a}')
+  assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+  assert 'Flag --network must have a value' in done.stderr
   with pytest.raises(export_lib.ExportError, match='already holds a model'):
     export_lib.export(run_a, 'wide', demo['hf_dir'])
   before = os.path.getmtime(os.path.join(demo['hf_dir'], 'model.safetensors'))
