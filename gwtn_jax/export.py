@@ -85,22 +85,18 @@ def available(config, report: dict[str, Any]) -> list[str]:
   return rows
 
 
-def _stage_dir(workdir: str, config, network: str, seed: int) -> tuple[str, str]:
+def _stage_dir(workdir: str, network: str, seed: int) -> tuple[str, str]:
   """(the stage that produced `network`, its folder)."""
   from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import layout  # pylint: disable=g-import-not-at-top
   downstream = network.startswith(f'{DOWNSTREAM}/')
   row = network.split('/', 1)[1] if downstream else network
   stage = registry.by_report_key(row)
-  teacher = stage is not None and stage.provides_teacher
-  root = os.path.join(workdir, layout.STAGES_DIR)
+  once = None if stage is not None and stage.provides_teacher else seed
   if downstream:
-    folder = (os.path.join(root, DOWNSTREAM, row) if teacher else
-              os.path.join(root, f'seed{seed}', DOWNSTREAM, row))
-    return DOWNSTREAM, folder
-  if teacher:
-    return stage.name, os.path.join(root, stage.name)
-  return stage.name, os.path.join(root, f'seed{seed}', stage.name)
+    name = registry.per_network_stages()[0]
+    return name, os.path.join(workdir, layout.STAGES_DIR, layout.stage_name(name, once, row))
+  return stage.name, os.path.join(workdir, layout.STAGES_DIR, layout.stage_name(stage.name, once))
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -121,6 +117,7 @@ def export(workdir: str, network: str, out: str, seed: int = -1, overwrite: bool
   Raises:
     ExportError, ConfigError, InteropError: one line naming what is wrong.
   """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
@@ -153,15 +150,16 @@ def export(workdir: str, network: str, out: str, seed: int = -1, overwrite: bool
                         'the vocab.txt the run trained with there')
     info = dataclasses.replace(info, vocab_size=len(wordpiece.read_vocab(vocab_file)))
   networks = builders.build_networks(config, info)
-  stage, folder = _stage_dir(workdir, config, network, seed)
+  stage, folder = _stage_dir(workdir, network, seed)
+  downstream = network.startswith(f'{DOWNSTREAM}/')
   row = network.split('/', 1)[-1]
-  if stage == DOWNSTREAM:
+  if downstream:
     role = registry.by_report_key(row).role
     model, task = getattr(networks.downstream, role), networks.downstream.task
   else:
     model, task = _model_of(config, stage, networks, workdir, seed)
   teacher = (sources.identify(config.teacher_dir, 'teacher_dir')
-             if row == 'wide' and stage != DOWNSTREAM and config.teacher_dir else None)
+             if row == 'wide' and not downstream and config.teacher_dir else None)
   if teacher is not None and teacher.kind == sources.STAGE:
     folder = teacher.path  # the run's teacher is an earlier run's stage
   if teacher is not None and teacher.kind != sources.STAGE:
@@ -176,7 +174,6 @@ def export(workdir: str, network: str, out: str, seed: int = -1, overwrite: bool
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.eval_shape(lambda r: task.init(model, r, task.sample_batch()),
                               jax.random.key(0))
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                           nn.meta.unbox(abstract))
     variables = jax.device_get(checkpoint.restore_final(
@@ -190,8 +187,7 @@ def export(workdir: str, network: str, out: str, seed: int = -1, overwrite: bool
     files, extra = _write_bert(out, variables, model, vocab_file, config)
   else:
     files, extra = _write_resnet(out, variables, model, steps)
-  card = _card(workdir, config, report, network, row, seed, source, model, variables, extra,
-               command)
+  card = _card(workdir, config, report, network, row, seed, source, variables, extra, command)
   storage.write_text(os.path.join(out, CARD_FILE), json.dumps(card, indent=1) + '\n')
   storage.write_text(os.path.join(out, CARD_README), _card_markdown(card))
   return Exported(out, network, sorted(files + [CARD_FILE, CARD_README]), card)
@@ -206,7 +202,7 @@ def _model_of(config, stage: str, networks, workdir: str, seed: int):
   declared = registry.get(stage)
   found = None
   if declared.arch_from:
-    path = os.path.join(workdir, layout.STAGES_DIR, f'seed{seed}', declared.arch_from,
+    path = os.path.join(workdir, layout.STAGES_DIR, layout.stage_name(declared.arch_from, seed),
                         layout.RESULT_FILE)
     found = json.loads(storage.read_text(path)).get('summary')
   exp = builders.Experiment(mesh=None, rules=(), data=None, task=networks.task,
@@ -245,13 +241,13 @@ def _write_resnet(out: str, variables, model, steps: int):
       'widths': {'stem': plan.stem, 'inner': list(plan.inner), 'out': list(plan.out)}}
 
 
-def _card(workdir, config, report, network, row, seed, source, model, variables, extra,
+def _card(workdir, config, report, network, row, seed, source, variables, extra,
           command) -> dict[str, Any]:
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import report as report_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
   entry = report.get(row, {})
   stage = registry.by_report_key(row)
-  params = int(sum(np.prod(np.shape(x)) for x in _leaves(variables.get('params', {}))))
+  params = report_lib.count_params(variables)
   return {
       'network': network,
       'source_run': workdir,
@@ -272,14 +268,6 @@ def _card(workdir, config, report, network, row, seed, source, model, variables,
       'command': command,
       'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-
-
-def _leaves(tree):
-  if isinstance(tree, dict):
-    for value in tree.values():
-      yield from _leaves(value)
-  else:
-    yield tree
 
 
 def _card_markdown(card: dict[str, Any]) -> str:

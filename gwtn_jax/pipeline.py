@@ -135,7 +135,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
     result = loop.run_stage(
         _spec(config, teacher_stage, teacher_stage, method, model, exp.task, seed,
               _stage_seed(seed, teacher_stage)),
-        **stage_kwargs(teacher_stage))
+        **stage_kwargs(layout.stage_name(teacher_stage)))
     results[teacher_stage] = [result]
     teacher = result.variables
   elif any(known[s].reads_teacher for s in stages) or config.teacher_dir:
@@ -152,7 +152,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
     key = known[of].report
     role = known[of].role
     method, model = builders.build_method(config, stage, exp, role=role)
-    where = f'{stage}/{key}' if of == teacher_stage else f'seed{seed}/{stage}/{key}'
+    where = layout.stage_name(stage, None if of == teacher_stage else seed, key)
     result = loop.run_stage(
         _spec(config, stage, where, method, model, exp.downstream.task, seed,
               _stage_seed(seed, stage)),
@@ -176,7 +176,7 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
           config, stage, exp,
           found=produced[declared.arch_from].summary if declared.arch_from else None)
       source = declared.init_from
-      name = f'seed{seed}/{stage}'
+      name = layout.stage_name(stage, seed)
       result = loop.run_stage(
           _spec(config, stage, name, method, model, exp.task, seed, _stage_seed(seed, stage)),
           teacher=teacher if declared.teacher else None,

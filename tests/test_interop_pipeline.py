@@ -180,15 +180,9 @@ def test_a_hugging_face_teacher_is_checked_before_anything_compiles(demo, tmp_pa
   _random_bert_for_mlm(os.path.join(demo['run_a'], 'vocab.txt'), hf_dir)
 
   def refused(match, **overrides):
-    config = _bert(stages=('imitate', 'finetune'), teacher_dir=hf_dir)
-    config.model.pre_layer_norm = False
-    config.data.vocab_file = os.path.join(hf_dir, 'tokenizer.json')
-    for key, value in overrides.items():
-      target = config
-      *path, last = key.split('.')
-      for part in path:
-        target = target[part]
-      target[last] = value
+    config = _bert(stages=('imitate', 'finetune'), teacher_dir=hf_dir, **{
+        'model.pre_layer_norm': False,
+        'data.vocab_file': os.path.join(hf_dir, 'tokenizer.json'), **overrides})
     with pytest.raises(config_lib.ConfigError, match=match) as e:
       config_lib.validate(config, str(tmp_path / 'w'))
     assert '\n' not in str(e.value)

@@ -411,9 +411,7 @@ def _check_shardings(networks, abstract, sizes, rules, memory: float | None) -> 
 def _source(path: str, field: str) -> sources.Source:
   try:
     return sources.identify(path, field)
-  except storage.StorageError as e:
-    raise ConfigError(str(e)) from None
-  except ValueError as e:
+  except (storage.StorageError, ValueError) as e:
     raise ConfigError(str(e)) from None
 
 

@@ -98,15 +98,11 @@ def _identify(path: str, field: str, where: str) -> Source:
 # --- Architecture checks --------------------------------------------------------------------
 
 
-# Read again by each check and load (not cached: a file may change between two runs of one
-# process); a config.json is small, and a ResNet state dict reads in a second or two.
+# The check and the load each read the files again (not cached: a file may change between two
+# runs of one process); a config.json is small, and a ResNet state dict reads in a second or two.
 def _hf_config(path: str) -> dict[str, Any]:
   from gwtn_jax.interop import bert_hf  # pylint: disable=g-import-not-at-top
   return bert_hf.read_config(path)
-
-
-def _tensors(path: str) -> dict[str, np.ndarray]:
-  return tensors_lib.read_tensors(path)
 
 
 def check(source: Source, model: nn.Module, abstract: Any, role_fields: str,
@@ -189,7 +185,7 @@ def _check_resnet(source: Source, model, abstract, role_fields: str) -> None:
   if not isinstance(model, resnet_lib.ResNet):
     raise InteropError(f'{source.where} holds a ResNet state dict, but the config\'s network is '
                        f'a BERT ({role_fields})')
-  found = resnet_torch.describe(_tensors(source.path), source.where)
+  found = resnet_torch.describe(tensors_lib.read_tensors(source.path), source.where)
   expected = resnet_torch.describe(
       resnet_torch.from_variables(_zeros(abstract), model), 'the config')
   if (found.name, found.width_multiplier, found.widths) != (
@@ -227,7 +223,7 @@ def convert(source: Source, model: nn.Module) -> tuple[dict[str, Any], tuple[str
             f'{tensors_lib.first_few(dropped)}')
     return variables, tuple(missing)
   from gwtn_jax.interop import resnet_torch  # pylint: disable=g-import-not-at-top
-  return resnet_torch.to_variables(_tensors(source.path), model, source.where), ()
+  return resnet_torch.to_variables(tensors_lib.read_tensors(source.path), model, source.where), ()
 
 
 def _note(message: str) -> None:

@@ -79,9 +79,13 @@ def _read_safetensors(local: str, path: str) -> dict[str, np.ndarray]:
       raise InteropError(f'{path} is not a readable safetensors file ({_one_line(e)})') from e
     return _read_safetensors_bf16(local, path)
   except Exception as e:  # pylint: disable=broad-except
-    raise InteropError(f'{path} is not a readable safetensors file (truncated or not '
-                       f'safetensors: {_one_line(e)})') from e
+    raise _not_safetensors(path, e) from e
   return out
+
+
+def _not_safetensors(path: str, error: BaseException) -> InteropError:
+  return InteropError(f'{path} is not a readable safetensors file (truncated or not '
+                      f'safetensors: {_one_line(error)})')
 
 
 def _read_safetensors_bf16(local: str, path: str) -> dict[str, np.ndarray]:
@@ -173,8 +177,7 @@ def check_readable(path: str) -> None:
       with safe_open(path, framework='numpy') as f:
         names = list(f.keys())
     except Exception as e:  # pylint: disable=broad-except
-      raise InteropError(f'{path} is not a readable safetensors file (truncated or not '
-                         f'safetensors: {_one_line(e)})') from e
+      raise _not_safetensors(path, e) from e
     if not names:
       raise InteropError(f'{path} holds no tensors')
 

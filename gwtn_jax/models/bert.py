@@ -225,11 +225,7 @@ class Bert(nn.Module):
     if head == 'classify' and self.num_classes == 0:
       raise ValueError("head='classify' needs model.num_classes > 0")
     points = self.points()
-    first = 0 if start_after is None else points_lib.index(points, start_after,
-                                                           'start_after') + 1
-    stop = None if stop_at is None else points_lib.index(points, stop_at, 'stop_at')
-    if stop is not None and first > stop:
-      raise ValueError(f'start_after={start_after!r} must come before stop_at={stop_at!r}')
+    first, stop = points_lib.span(points, start_after, stop_at)
     expected = '[B, T]' if first == 0 else '[B, T, H] hidden states'
     if input_ids.ndim != (2 if first == 0 else 3):
       raise ValueError(f'expected {expected} input_ids, got shape {input_ids.shape}')

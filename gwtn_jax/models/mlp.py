@@ -14,7 +14,7 @@ For imitation the model, like the ResNets and BERT:
   stage, for stage-granularity imitation and LIT's sections);
 * can stop after a point (``stop_at``) and start after one (``start_after``).
 
-He-normal initialization (fan in), as for ReLU networks; zero biases.
+He-normal initialization (fan in), as for ReLU networks; zero biases; the ResNets' head.
 
 Parameter layout: ``params/dense_{i}/{kernel,bias}`` (i 1-based), ``params/head``.
 
@@ -30,13 +30,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gwtn_jax.models import points as points_lib
+from gwtn_jax.models import resnet
 from gwtn_jax.models.points import Point
 from gwtn_jax.parallel import axes as axes_lib
 
 KERNEL_AXES = axes_lib.MLP_KERNEL_AXES
 BIAS_AXES = axes_lib.MLP_BIAS_AXES
-HEAD_KERNEL_AXES = axes_lib.RESNET_HEAD_KERNEL_AXES
-HEAD_BIAS_AXES = axes_lib.RESNET_HEAD_BIAS_AXES
 
 _kernel_init = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 
@@ -115,11 +114,7 @@ class MLP(nn.Module):
     del train
     hidden = self.hidden()
     points = self.points()
-    first = 0 if start_after is None else points_lib.index(points, start_after,
-                                                           'start_after') + 1
-    stop = None if stop_at is None else points_lib.index(points, stop_at, 'stop_at')
-    if stop is not None and first > stop:
-      raise ValueError(f'start_after={start_after!r} must come before stop_at={stop_at!r}')
+    first, stop = points_lib.span(points, start_after, stop_at)
     x = jnp.asarray(x, self.dtype)
     if first == 0:
       x = x.reshape(x.shape[0], -1)
@@ -134,11 +129,7 @@ class MLP(nn.Module):
       self.sow('intermediates', points[index].name, x)
       if stop == index:
         return x
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                          HEAD_KERNEL_AXES),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, HEAD_BIAS_AXES),
-                 name='head')(x)
+    x = resnet.classifier(self.num_classes, self.dtype, self.param_dtype)(x)
     return x.astype(jnp.float32)
 
 

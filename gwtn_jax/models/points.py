@@ -43,3 +43,19 @@ def index(points: Sequence[Point], name: str, arg: str) -> int:
     raise ValueError(f'{arg}={name!r} is not a point of this model; valid points: '
                      f'{", ".join(names)}')
   return names.index(name)
+
+
+def span(points: Sequence[Point], start_after: Optional[str],
+         stop_at: Optional[str]) -> tuple[int, Optional[int]]:
+  """(index of the first point a partial forward computes, index of the point it stops at or
+  None) for a model's ``start_after`` / ``stop_at`` arguments.
+
+  Raises:
+    ValueError: one line: an unknown point, or ``start_after`` not before ``stop_at``.
+  """
+  first = 0 if start_after is None else index(points, start_after, 'start_after') + 1
+  stop = None if stop_at is None else index(points, stop_at, 'stop_at')
+  if stop is not None and first > stop:
+    raise ValueError(f'start_after={start_after!r} must come before stop_at={stop_at!r}')
+  return first, stop
+

@@ -238,6 +238,16 @@ def _channels(value: float, width_multiplier: float, where: str) -> int:
   return int(rounded)
 
 
+def classifier(num_classes: int, dtype: Any, param_dtype: Any) -> nn.Dense:
+  """The linear head 'head' of the image networks (ResNets, MLPs): LeCun-normal kernel, zero
+  bias, on the head's logical axes."""
+  return nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                           HEAD_KERNEL_AXES),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, HEAD_BIAS_AXES),
+                  name='head')
+
+
 def block_module_name(point: str) -> str:
   """The submodule (params key) of the block that computes point ``point``."""
   return f'{point}_layers'
@@ -433,11 +443,7 @@ class ResNet(nn.Module):
     """
     plan = self.width_plan()
     points = self.points()
-    first = 0 if start_after is None else points_lib.index(points, start_after,
-                                                           'start_after') + 1
-    stop = None if stop_at is None else points_lib.index(points, stop_at, 'stop_at')
-    if stop is not None and first > stop:
-      raise ValueError(f'start_after={start_after!r} must come before stop_at={stop_at!r}')
+    first, stop = points_lib.span(points, start_after, stop_at)
     if start_after is None and x.ndim != 4:
       raise ValueError(f'expected a [B, H, W, C] image, got shape {x.shape}')
     x = jnp.asarray(x, self.dtype)
@@ -481,11 +487,7 @@ class ResNet(nn.Module):
       self.sow('intermediates', 'pre_logits', x)
       if stop == point:
         return x
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                          HEAD_KERNEL_AXES),
-                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, HEAD_BIAS_AXES),
-                 name='head')(x)
+    x = classifier(self.num_classes, self.dtype, self.param_dtype)(x)
     return x.astype(jnp.float32)
 
 

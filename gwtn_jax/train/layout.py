@@ -22,6 +22,15 @@ CHECKPOINTS_DIR = 'checkpoints'
 COMMIT_FILE = 'commit_success.txt'
 
 
+def stage_name(stage: str, seed: int | None = None, network: str = '') -> str:
+  """A stage folder's path under STAGES_DIR (and its TensorBoard name): '<stage>' for the
+  teacher's, trained once (`seed` None), 'seed<S>/<stage>' for the others; with `network`, a
+  per-network stage's run on that report row ('downstream/wide', 'seed0/downstream/thin_kd').
+  """
+  name = f'{stage}/{network}' if network else stage
+  return name if seed is None else f'seed{seed}/{name}'
+
+
 def is_complete(directory: str) -> bool:
   """Whether an orbax checkpoint folder was written to the end.
 
