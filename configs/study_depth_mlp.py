@@ -58,6 +58,20 @@ FINETUNE_STEPS = 800
 # at each rung. About 20 minutes here.
 BUDGET_DEPTH = 32
 BUDGET_STEPS_PER_LAYER = (150, 450)
+# `:variants`: the recipe variants the literature points to, at depth 32 (the deepest of the
+# four where scratch still learns well) with the depth study's budget, every thin arm of a seed
+# on the same batches (shared_data_order). The loss scale is not run: under Adam a factor on
+# the loss cancels in the update (but for eps), so it cannot change these runs; BatchNorm
+# re-estimation does not apply (the MLPs have no BatchNorm).
+VARIANT_DEPTH = 32
+VARIANTS = (
+    {'variant': 'paper (default)'},
+    {'variant': 'lower layers at 0.1x', 'imitate.lower_lr': 0.1},
+    {'variant': 'warmup per phase', 'imitate.optimizer.warmup_steps': 10},
+    {'variant': 'normalized MSE', 'imitate.normalize': True},
+    {'variant': 'merged linear pairs', 'imitate.projection': 'pair'},
+    {'variant': 'teacher at half its steps', 'imitate.teacher_step': 1200},
+)
 
 
 def _adam(warmup: int):
@@ -66,7 +80,8 @@ def _adam(warmup: int):
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_config_arg(arg, dict(smoke=bool, budget=bool, deep=bool),
+  args = config_lib.parse_config_arg(arg, dict(smoke=bool, budget=bool, deep=bool,
+                                               variants=bool),
                                      'configs/study_depth_mlp.py')
   config = config_lib.base_config()
   config.model.name = 'mlp4'  # depth: model.num_layers, the study's axis
@@ -120,4 +135,17 @@ def get_config(arg: str = ''):
     config.study.settings = tuple({'imitate.steps_per_point': n, 'imitate.eval_every': n}
                                   for n in BUDGET_STEPS_PER_LAYER)
     config.imitate.steps_per_point = BUDGET_STEPS_PER_LAYER[0]
+  if args.get('variants'):
+    depth = 4 if args.get('smoke') else VARIANT_DEPTH
+    config.model.num_layers = depth
+    config.imitate.steps_per_point = imitation // depth
+    config.imitate.eval_every = imitation // depth
+    config.shared_data_order = True
+    config.study.axis = 'variant'
+    config.study.label = f'recipe variant (depth {depth})'
+    config.study.settings = VARIANTS
+    if args.get('smoke'):
+      config.study.settings = tuple(
+          dict(v, **{'imitate.teacher_step': config.wide.steps // 2})
+          if 'imitate.teacher_step' in v else v for v in VARIANTS)
   return config

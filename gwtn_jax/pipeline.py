@@ -12,6 +12,7 @@ Workdir layout:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -129,23 +130,31 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
   per_network = [s for s in stages if known[s].per_network]
   results: dict[str, list[loop.StageResult]] = {}
   teacher = None
+  # The teacher at the earlier steps some stages imitate (`<stage>.teacher_step`).
+  early_steps = tuple(sorted({config[s].teacher_step for s in stages
+                              if known[s].teacher and config[s].get('teacher_step', 0)}))
+  early: dict[int, Any] = {}
   if teacher_stage in stages:
     method, model = builders.build_method(config, teacher_stage, exp)
     seed = config.seed
     result = loop.run_stage(
-        _spec(config, teacher_stage, teacher_stage, method, model, exp.task, seed,
-              _stage_seed(seed, teacher_stage)),
+        dataclasses.replace(_spec(config, teacher_stage, teacher_stage, method, model, exp.task,
+                                  seed, _stage_seed(seed, teacher_stage)),
+                            snapshot_steps=early_steps),
         **stage_kwargs(layout.stage_name(teacher_stage)))
     results[teacher_stage] = [result]
-    teacher = result.variables
+    teacher, early = result.variables, result.snapshots
   elif any(known[s].reads_teacher for s in stages) or config.teacher_dir:
     source = sources.identify(config.teacher_dir, 'teacher_dir')
     teacher = sources.load(source, exp.wide, exp.task, exp.mesh, exp.rules, seed=config.seed)
+    early = {n: loop.load_stage_output(config.teacher_dir, exp.wide, exp.task, exp.mesh,
+                                       exp.rules, step=n) for n in early_steps}
     done = loop.read_result(config.teacher_dir) if source.kind == sources.STAGE else None
     if done is not None:
       results[teacher_stage] = [loop.StageResult(
           teacher_stage, teacher, done['metrics'], done['history'], done['steps'],
           done['wall_s'], done['curve_metric'], exp.wide)]
+  teacher_of = lambda stage: early.get(config[stage].get('teacher_step', 0), teacher)
 
   def fine_tune(stage: str, of: str, source: loop.StageResult, seed: int) -> None:
     """A per-network stage on the network stage `of` produced."""
@@ -178,8 +187,9 @@ def _run_stages(config, exp: builders.Experiment, stage_kwargs
       source = declared.init_from
       name = layout.stage_name(stage, seed)
       result = loop.run_stage(
-          _spec(config, stage, name, method, model, exp.task, seed, _stage_seed(seed, stage)),
-          teacher=teacher if declared.teacher else None,
+          _spec(config, stage, name, method, model, exp.task, seed,
+                _stage_seed(seed, 'thin' if config.shared_data_order else stage)),
+          teacher=teacher_of(stage) if declared.teacher else None,
           init=(teacher if source == registry.TEACHER else produced[source].variables)
           if source else (thin_init if declared.thin_init else None),
           **stage_kwargs(name))

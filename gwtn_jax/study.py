@@ -1,7 +1,8 @@
 """A sweep of the pipeline over one axis (depth, budget, a recipe variant), every seed.
 
 A config with `study.axis` set (a dotted config field, e.g. 'model.name' or
-'imitate.steps_per_point') and `study.settings` (its values) runs the whole pipeline once per
+'imitate.steps_per_point', or 'variant': named settings, each `{'variant': NAME, field:
+value, ...}`) and `study.settings` (its values) runs the whole pipeline once per
 value, in `WORKDIR/settings/<index>-<value>/`, each resumable like any run (a killed study rerun goes on
 where it stopped; finished settings are loaded, not rerun), then writes
 
@@ -37,6 +38,9 @@ STUDY_JSON = 'study.json'
 STUDY_MD = 'study.md'
 STUDY_PNG = 'study.png'
 SETTINGS_DIR = 'settings'
+# The axis of a study of named recipe variants: each setting is {'variant': NAME, and the
+# dotted fields it changes}; NAME labels it and sets no field.
+VARIANT = 'variant'
 # The thin arms first (the study's question), then the rest.
 _ORDER = ('thin_scratch', 'thin_kd', 'thin_gwtn', 'thin_imitated', 'thin_lit', 'small_an',
           'small_scratch', 'small_dan', 'wide')
@@ -69,6 +73,7 @@ def setting_configs(config) -> list[tuple[Any, Any]]:
       without the axis, a value repeated.
   """
   axis, values = config.study.axis, tuple(config.study.settings)
+  named = axis == VARIANT
   if not values:
     raise schema.ConfigError(f'study.axis={axis!r} is set but study.settings is empty')
   out = []
@@ -77,11 +82,16 @@ def setting_configs(config) -> list[tuple[Any, Any]]:
     if axis not in overrides:
       raise schema.ConfigError(f'study.settings: {overrides} does not set the axis '
                                f'{axis!r}')
+    if named and not isinstance(overrides[axis], str):
+      raise schema.ConfigError(f'study.settings: {overrides} names its variant with a '
+                               f'non-string {axis!r}')
     setting = copy.deepcopy(config)
     with setting.unlocked():
       setting.study.axis = ''
       setting.study.settings = ()
       for field, v in overrides.items():
+        if named and field == VARIANT:
+          continue
         try:
           _get(setting, field)
         except (KeyError, AttributeError):

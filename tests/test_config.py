@@ -48,7 +48,7 @@ BAD = [
     ({'seeds': (0, 0)}, r'seeds=\(0, 0\) repeats a seed'),
     ({'thin_width': 2.0}, r'wide_width=1.0 is below thin_width=2.0'),
     ({'eval_batch_size': 30, 'mesh.num_devices': 8}, r'eval_batch_size=30 is not divisible by the 8'),
-    ({'imitate.steps_per_point': 0}, r'imitate.steps_per_point=0 must be a positive integer'),
+    ({'imitate.steps_per_point': -2}, r'imitate.steps_per_point=-2 must be an integer >= 0'),
     ({'probe.steps': -1}, r'probe.steps=-1 must be a positive integer'),
     ({'finetune.temperature': 0.0}, r'finetune.temperature=0.0 must be > 0'),
     ({'wide.optimizer.decay_boundaries': (0.5, 1.5)}, r'wide.optimizer.decay_boundaries=.* fractions'),

@@ -123,7 +123,7 @@ def test_depth_and_shortcut_fields_are_refused_where_nothing_reads_them(tmp_path
   config_lib.validate(tiny_config('', **{'model.shortcuts': False}), None, data=False)
 
 
-@pytest.mark.parametrize('arg', ['', 'deep', 'budget', 'smoke'])
+@pytest.mark.parametrize('arg', ['', 'deep', 'budget', 'smoke', 'variants', 'variants,smoke'])
 def test_the_depth_study_config_checks_every_setting(arg):
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',

@@ -239,6 +239,11 @@ def base_config() -> ml_collections.ConfigDict:
   # quantity; nothing non-finite is saved) or 'skip' the step (counted and reported).
   config.on_nonfinite = 'stop'
 
+  # True: every thin stage of a seed reads the same batches in the same order (stage 3 reads
+  # the batches the controls read first), so arm differences lose the data-order noise and
+  # GWTN with no imitation is KD-only exactly. False: each stage its own order (the demos').
+  config.shared_data_order = False
+
   config.wide = stage_config()
   config.thin_scratch = stage_config(steps=-1)
   config.thin_kd = stage_config(steps=-1, alpha=0.9, temperature=4.0)
@@ -255,6 +260,28 @@ def base_config() -> ml_collections.ConfigDict:
       layer_map=(),             # thin point i -> teacher point layer_map[i]; () = identity
       point_weights=(),         # per imitated point; () = all 1
       init_head_from_teacher=True,  # thin head := projection . teacher head (exact merge)
+      # The recipe variants of the depth study (README, "When does GWTN pay?"); the defaults
+      # are the paper's plain recipe.
+      # Progressive: the learning-rate multiplier of the points below the current one (1: they
+      # train along at the phase's rate; MobileBERT keeps 0.1; 0 is freeze_lower).
+      lower_lr=1.0,
+      # A factor on the imitation loss (normalized or not). With SGD it is a learning-rate
+      # factor; Adam's update does not see it (but for eps); eval reports the unscaled loss.
+      loss_scale=1.0,
+      # After the last phase, this many steps that only re-estimate the thin network's
+      # BatchNorm statistics on its own inputs (running averages at the model's momentum;
+      # nothing else moves). 0: none. ResNets only.
+      bn_refresh_steps=0,
+      # 'up': a projection up to the teacher's width for the loss only (the thin network is
+      # unchanged). 'pair': the paper's Figure 1: thin point i feeds block i+1 through the
+      # up-projection and a learned down-projection, merged exactly into block i+1's first
+      # linear map at export (only where a block reads its input through a linear map alone:
+      # MLPs and ResNets with model.shortcuts=False).
+      projection='up',
+      # The teacher stage's step whose network is imitated (0: its final network). The
+      # teacher stage then also keeps its network at that step (`snapshots/<step>/`); KD in
+      # stage 3 and the controls keep the final teacher.
+      teacher_step=0,
   )
   config.probe = stage_config(steps=200)
   config.finetune = stage_config(alpha=0.5, temperature=4.0)

@@ -103,7 +103,7 @@ def _check_no_ignored_fields(config, stages) -> None:
                   f'without {field}.weight_decay')
   imitate, base = config.imitate, base_config.imitate
   if imitate.schedule == 'one_shot':
-    for name in ('loss_on', 'freeze_lower'):  # (steps_per_point: recipes set it for both)
+    for name in ('loss_on', 'freeze_lower', 'lower_lr'):  # (steps_per_point: recipes set it for both)
       _check_read(imitate[name], base[name], f'imitate.{name}',
                   "with imitate.schedule='one_shot' (progressive only)")
   else:
@@ -162,6 +162,28 @@ def _check_optimizer(opt, field: str) -> None:
            f'{field}.decay_boundaries={tuple(opt.decay_boundaries)} must be fractions in (0, 1)')
 
 
+def _check_teacher_step(config, stage: str, teacher_stage: str, stages, data: bool) -> None:
+  """`<stage>.teacher_step`: a step the teacher stage passes (it keeps its network there), or
+  a snapshot the stage folder of `teacher_dir` holds."""
+  field, step = f'{stage}.teacher_step', config[stage].teacher_step
+  _check_int(step, field, minimum=0)
+  if not step:
+    return
+  if teacher_stage in stages:
+    total = stage_steps(config, teacher_stage, None)
+    _require(step < total, f'{field}={step} must be below {teacher_stage}.steps={total} '
+             f'(0 imitates the final {teacher_stage} network)')
+    return
+  if not data:
+    return
+  _require(_source(config.teacher_dir, 'teacher_dir').kind == sources.STAGE,
+           f'{field}={step} needs teacher_dir to be a stage folder (one that kept its network '
+           f'at that step); {config.teacher_dir} is not')
+  where = layout.output_dir(config.teacher_dir, step)
+  _require(layout.is_complete(where), f'{field}={step}: {where} does not exist; the teacher '
+           f'stage keeps a snapshot only at the teacher_step of the run that trained it')
+
+
 def check_teacher_dir(teacher_dir: str) -> None:
   """`teacher_dir` must hold a finished stage: its result.json and a complete final/."""
   try:
@@ -217,6 +239,8 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
     _require(not config.teacher_dir,
              f"teacher_dir={config.teacher_dir} is set but stages include '{teacher_stage}', "
              'which trains the teacher itself, so teacher_dir would be ignored; drop one of them')
+  for stage in (s for s in stages if known[s].teacher and 'teacher_step' in config[s]):
+    _check_teacher_step(config, stage, teacher_stage, stages, data)
 
   _check_finite(config)
   seeds = tuple(config.seeds)
@@ -318,7 +342,9 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
   _require(imitate.inputs in IMITATION_INPUTS,
            f'imitate.inputs={imitate.inputs!r} must be one of {IMITATION_INPUTS}')
   # Every equal budget counts imitation's steps, so they are checked whatever the stages.
-  _check_positive_int(imitate.steps_per_point, 'imitate.steps_per_point')
+  # 0: no imitation (GWTN is then stage 3 alone from the thin initialization: KD-only, when
+  # stage 3 and thin_kd are configured alike; the method's sanity check).
+  _check_int(imitate.steps_per_point, 'imitate.steps_per_point', minimum=0)
   for stage in stages:
     if known[stage].check is not None:
       try:

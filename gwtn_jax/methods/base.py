@@ -10,8 +10,9 @@ functions of arrays that the loop jits with shardings:
   imitated point, every other method has one);
 - `loss(phase, params, state, teacher, batch, rng)` -> `(loss, (new_state, metrics))`;
 - `trainable(phase, variables)` -> what trains in the phase, as a mask over the variables
-  (`{'params': ..., 'batch_stats': ...}`, Python bools; None: everything trains). It is the one
-  place a method freezes anything: the loop holds the frozen parameters still (no gradient,
+  (`{'params': ..., 'batch_stats': ...}`, Python bools, or floats: a parameter's
+  learning-rate multiplier, 0 frozen; None: everything trains). It is the one place a method
+  freezes or slows anything: the loop holds the frozen parameters still (no gradient,
   no update, so neither weight decay nor momentum moves them) and keeps the frozen
   collections' old values (BatchNorm statistics) whatever the forward computed; a collection
   the mask leaves out (a step counter) is the loss's to update;
@@ -141,19 +142,44 @@ def modules_mask(variables: Variables, trains: Any) -> dict[str, Any]:
           for collection, tree in variables.items()}
 
 
-def tree_where(mask: Any, tree: Any, other: Any) -> Any:
-  """Takes leaves of `tree` where the mask is True and of `other` elsewhere.
+def _leaf_flag(m) -> tuple[bool, Any]:
+  """A mask leaf as (is_scalar, value): a Python bool or float, or a numpy vector over the
+  leaf's leading axis (the stacked layers of a scanned module: one entry per layer)."""
+  if isinstance(m, (bool, np.bool_, int, float, np.floating)):
+    return True, m
+  return False, np.asarray(m)
 
-  A mask leaf is a Python bool (the whole leaf), or a numpy bool vector over the leaf's
-  leading axis (the stacked layers of a scanned module: one flag per layer).
+
+def tree_where(mask: Any, tree: Any, other: Any) -> Any:
+  """Takes leaves of `tree` where the mask trains (True, or a multiplier > 0) and of `other`
+  elsewhere.
+
+  A mask leaf is a Python bool or a learning-rate multiplier (float) for the whole leaf, or a
+  numpy vector of them over the leaf's leading axis (a scanned module's stacked layers).
   """
   def where(m, a, b):
-    if isinstance(m, (bool, np.bool_)):
-      return a if m else b
-    m = np.asarray(m, bool)
-    return jnp.where(m.reshape(m.shape + (1,) * (a.ndim - 1)), a, b)
+    scalar, m = _leaf_flag(m)
+    if scalar:
+      return a if m > 0 else b
+    on = m > 0
+    return jnp.where(on.reshape(on.shape + (1,) * (a.ndim - 1)), a, b)
 
   return jax.tree.map(where, mask, tree, other)
+
+
+def tree_scale(mask: Any, updates: Any) -> Any:
+  """Scales each update by its mask leaf (see `tree_where`): a bool keeps or zeroes it, a
+  float is the leaf's learning-rate multiplier."""
+  def scale(m, u):
+    scalar, m = _leaf_flag(m)
+    if scalar:
+      if m is True or m == 1:
+        return u
+      return u * m if m else jnp.zeros_like(u)
+    m = m.astype(np.float32)
+    return u * jnp.asarray(m.reshape(m.shape + (1,) * (u.ndim - 1)), u.dtype)
+
+  return jax.tree.map(scale, mask, updates)
 
 
 def overlay(fresh: Variables, given: Variables | None, partial: bool = False) -> Variables:

@@ -18,7 +18,20 @@ reads the teacher's previous point (`'teacher'`, as in LIT), through a learned 1
 down-projection where the widths differ.
 
 Only what a phase uses trains in it: thin modules beyond the current point and the
-projections of other points get no update (not even weight decay).
+projections of other points get no update (not even weight decay). The points below the
+current one train at `lower_lr` times the phase's learning rate (1 by default; MobileBERT's
+0.1; 0 freezes them).
+
+Recipe variants (config fields, measured in the README's "When does GWTN pay?"):
+- `projection='pair'`: the paper's Figure 1. Thin point i feeds block i+1 through its
+  up-projection and a learned down-projection (a linear map of rank at most the thin width),
+  and `export` merges the pair exactly into block i+1's first linear map (the model's
+  `merge_input_map`: MLPs, and ResNets without shortcuts, where a block reads its input
+  through a linear map alone).
+- `bn_refresh_steps`: a last phase in which only the thin network's BatchNorm statistics move,
+  re-estimated on its own forward (after imitation with teacher inputs, its blocks have seen
+  the teacher's features, not their own).
+- `loss_scale`: a factor on the imitation loss.
 """
 
 from __future__ import annotations
@@ -34,6 +47,9 @@ from gwtn_jax.methods import registry
 from gwtn_jax.methods import tasks as tasks_lib
 from gwtn_jax.methods.distill import Distill
 from gwtn_jax.methods.supervised import Supervised
+
+
+PROJECTIONS = ('up', 'pair')
 
 
 def candidate_points(model: nn.Module, granularity: str) -> list[str]:
@@ -123,6 +139,10 @@ def _layer_norm(x: jax.Array) -> jax.Array:
   return (x - mean) * jax.lax.rsqrt(var + 1e-6)
 
 
+# The key of the BatchNorm re-estimation phase (`imitate.bn_refresh_steps`).
+BN_REFRESH = 'bn_refresh'
+
+
 class Imitation(base.Method):
   """GWTN stage 2 (see the module docstring).
 
@@ -144,8 +164,11 @@ class Imitation(base.Method):
     # Up-projections (thin -> teacher width) for the loss only.
     self.up = {tp: (thin_ch[tp], wide_ch[wp]) for tp, wp in self.points if thin_ch[tp] != wide_ch[wp]}
     # Down-projections (teacher -> thin width) that feed a thin block the teacher's output.
+    # With projection='pair', the down-projections (teacher width -> thin width) after the
+    # up-projection of every point but the last, feeding the next thin block.
     self.down = {}
-    if config.inputs == 'teacher':
+    self.pair = config.projection == 'pair'
+    if config.inputs == 'teacher' or self.pair:
       for tp, wp in self.points[:-1]:
         if thin_ch[tp] != wide_ch[wp]:
           self.down[tp] = (wide_ch[wp], thin_ch[tp])
@@ -172,25 +195,34 @@ class Imitation(base.Method):
 
   def phases(self):
     if self.config.schedule == 'one_shot':
-      return [base.Phase('all_points', self.config.steps, key=None)]
-    return [base.Phase(tp, self.config.steps_per_point, key=l) for l, (tp, _) in enumerate(self.points)]
+      phases = [base.Phase('all_points', self.config.steps, key=None)]
+    else:
+      phases = [base.Phase(tp, self.config.steps_per_point, key=l)
+                for l, (tp, _) in enumerate(self.points)]
+    if self.config.bn_refresh_steps:
+      phases.append(base.Phase('bn_refresh', self.config.bn_refresh_steps, key=BN_REFRESH))
+    return phases
 
   def _active(self, phase: base.Phase) -> list[int]:
+    if phase.key == BN_REFRESH:  # evaluated as the last phase is
+      phase = self.phases()[-2]
     if phase.key is None:
       return list(range(len(self.points)))
     if self.config.loss_on == 'cumulative':
       return list(range(phase.key + 1))
     return [phase.key]
 
-  def _trainable_segments(self, phase: base.Phase) -> set[int]:
+  def _segment_scales(self, phase: base.Phase) -> dict[int, float]:
+    """segment index -> its learning-rate multiplier in the phase (absent: it does not
+    train)."""
     active = self._active(phase)
     if self.config.inputs == 'own':
-      used = set(range(max(active) + 1))
+      used = range(max(active) + 1)
     else:
-      used = set(active)
-    if self.config.freeze_lower and phase.key is not None:
-      used = {i for i in used if i >= phase.key}
-    return used
+      used = active
+    lower = 0.0 if self.config.freeze_lower else float(self.config.lower_lr)
+    scales = {i: 1.0 if phase.key is None or i >= phase.key else lower for i in used}
+    return {i: v for i, v in scales.items() if v > 0}
 
   # --- Variables -----------------------------------------------------------------------------
 
@@ -208,24 +240,40 @@ class Imitation(base.Method):
 
   def trainable(self, phase, variables):
     params = variables['params']
-    segments = self._trainable_segments(phase)
-    modules = {m for i in segments for m in self._segments[i]}
-    points = {p for i in segments for p in self._segment_points[i]}
-    active_points = {self.points[i][0] for i in self._active(phase)}
-    fed_points = {self.points[i - 1][0] for i in self._active(phase) if i > 0}
     mark = lambda tree, on: jax.tree.map(lambda _: on, tree)
+    if phase.key == BN_REFRESH:  # the statistics move, nothing else
+      return {'params': mark(params, False),
+              **{c: mark(tree, True) for c, tree in variables.items() if c != 'params'}}
+    scales = self._segment_scales(phase)
+    module_scale = {m: v for i, v in scales.items() for m in self._segments[i]}
+    point_scale = {p: v for i, v in scales.items() for p in self._segment_points[i]}
+    active = self._active(phase)
+    # A multiplier of 1 or 0 is a plain bool, so that an unscaled phase masks as before.
+    flag = lambda v: bool(v) if v in (0.0, 1.0) else float(v)
 
     def student_mask(name):
-      if name not in self._stacked or name not in modules:
-        return name in modules
-      slices = np.array([p in points for p in self._stacked[name]])
-      return bool(slices[0]) if (slices == slices[0]).all() else slices
+      if name not in self._stacked:
+        return flag(module_scale.get(name, 0.0))
+      slices = np.array([point_scale.get(p, 0.0) for p in self._stacked[name]])
+      return flag(slices[0]) if (slices == slices[0]).all() else slices
 
+    def up_mask(i):
+      if i in active:  # its loss is on
+        return True
+      # A pair's maps belong to the block they feed (merged into it at export).
+      return flag(scales.get(i + 1, 0.0)) if self.pair else False
+
+    def down_mask(i):
+      if self.pair:
+        return flag(scales.get(i + 1, 0.0))
+      return i + 1 in active  # feeds an active thin block the teacher's point
+
+    index = {tp: i for i, (tp, _) in enumerate(self.points)}
     params_mask = {
         'student': {name: mark(sub, student_mask(name))
                     for name, sub in params['student'].items()},
-        'up': {tp: mark(k, tp in active_points) for tp, k in params['up'].items()},
-        'down': {tp: mark(k, tp in fed_points) for tp, k in params['down'].items()},
+        'up': {tp: mark(k, up_mask(index[tp])) for tp, k in params['up'].items()},
+        'down': {tp: mark(k, down_mask(index[tp])) for tp, k in params['down'].items()},
     }
     # The student's other collections (BatchNorm statistics): frozen modules keep theirs.
     state_mask = {collection: {name: mark(sub, student_mask(name)) for name, sub in tree.items()}
@@ -234,6 +282,9 @@ class Imitation(base.Method):
 
   def export(self, variables, teacher=None):
     params = dict(variables['params']['student'])
+    if self.pair:  # each pair's composite into the block it feeds: the same function
+      for tp, kernel in variables['params']['down'].items():
+        params = self.thin.merge_input_map(params, tp, variables['params']['up'][tp] @ kernel)
     last_thin, last_wide = self.points[-1]
     thin_last_block = [p.name for p in self.thin.points() if p.imitated][-1]
     wide_last_block = [p.name for p in self.wide.points() if p.imitated][-1]
@@ -265,7 +316,20 @@ class Imitation(base.Method):
                for name, v in self.wide.read_points(wide_out['intermediates']).items()}
 
     outputs = {}
-    if self.config.inputs == 'own':
+    if self.pair:  # block by block, each reading the previous point through its pair
+      x, start = None, None
+      for i in range(max(active) + 1):
+        thin_point = self.points[i][0]
+        step_rng = None if rng is None else jax.random.fold_in(rng, i)
+        y, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
+                                   train=train, rng=step_rng, inputs=x, start_after=start,
+                                   stop_at=thin_point)
+        outputs[thin_point] = y
+        state = {**state, **out}
+        x, start = y, thin_point
+        if thin_point in self.down:
+          x = _project(params['down'][thin_point], _project(params['up'][thin_point], y))
+    elif self.config.inputs == 'own':
       top = self.points[max(active)][0]
       _, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
                                  train=train, rng=rng, stop_at=top, mutable=['intermediates'])
@@ -308,10 +372,15 @@ class Imitation(base.Method):
     return total, losses, state
 
   def loss(self, phase, params, state, teacher, batch, rng):
+    if phase.key == BN_REFRESH:
+      # The thin network's own forward in train mode: its BatchNorm statistics move.
+      _, new_state = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
+                                       train=True, rng=rng)
+      return jnp.zeros((), jnp.float32), ({**state, **new_state}, {})
     total, losses, new_state = self._point_losses(phase, params, state, teacher, batch,
                                                   train=True, rng=rng)
     metrics = {f'mse/{name}': jnp.mean(v) for name, v in losses.items()}
-    return jnp.mean(total), (new_state, metrics)
+    return self.config.loss_scale * jnp.mean(total), (new_state, metrics)
 
   def eval_metrics(self, phase, variables, teacher, batch):
     state = {k: v for k, v in variables.items() if k != 'params'}
@@ -329,8 +398,10 @@ class Imitation(base.Method):
 
 def _imitate_length(config, thin: nn.Module) -> int:
   if config.imitate.schedule == 'one_shot':
-    return config.imitate.steps
-  return config.imitate.steps_per_point * num_imitated_points(thin, config.imitate)
+    steps = config.imitate.steps
+  else:
+    steps = config.imitate.steps_per_point * num_imitated_points(thin, config.imitate)
+  return steps + config.imitate.bn_refresh_steps
 
 
 def _check_imitate(config, thin: nn.Module, wide: nn.Module) -> None:
@@ -344,6 +415,30 @@ def _check_imitate(config, thin: nn.Module, wide: nn.Module) -> None:
       raise ValueError(f'imitate.optimizer.warmup_steps={warmup} is longer than a phase '
                        f'(imitate.steps_per_point={phase}): no phase would reach its learning '
                        'rate')
+  cfg = config.imitate
+  if not (isinstance(cfg.lower_lr, (int, float)) and 0 <= cfg.lower_lr <= 1):
+    raise ValueError(f'imitate.lower_lr={cfg.lower_lr!r} must be in [0, 1]')
+  if cfg.freeze_lower and cfg.lower_lr != 1:
+    raise ValueError(f'imitate.freeze_lower=True and imitate.lower_lr={cfg.lower_lr}: choose '
+                     'one (freeze_lower is lower_lr=0)')
+  if not (isinstance(cfg.loss_scale, (int, float)) and cfg.loss_scale > 0):
+    raise ValueError(f'imitate.loss_scale={cfg.loss_scale!r} must be > 0')
+  steps = cfg.bn_refresh_steps
+  if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0):
+    raise ValueError(f'imitate.bn_refresh_steps={steps!r} must be an integer >= 0')
+  if steps and not issubclass(getattr(thin, 'norm', type(None)), nn.BatchNorm):
+    raise ValueError(f'imitate.bn_refresh_steps={steps}: the thin network '
+                     f'({type(thin).__name__}) has no BatchNorm statistics to re-estimate')
+  if cfg.projection not in PROJECTIONS:
+    raise ValueError(f'imitate.projection={cfg.projection!r} must be one of {PROJECTIONS}')
+  if cfg.projection == 'pair':
+    if cfg.inputs != 'own':
+      raise ValueError("imitate.projection='pair' feeds each thin block its own previous "
+                       "point: it needs imitate.inputs='own'")
+    why = getattr(thin, 'input_map_merge_refusal', lambda: 'it has no merge_input_map')()
+    if why:
+      raise ValueError(f"imitate.projection='pair' cannot merge exactly into this thin "
+                       f'network: {why}')
   imitated_points(thin, wide, config.imitate)
 
 

@@ -97,6 +97,21 @@ class MLP(nn.Module):
   def head_modules(self) -> tuple[str, ...]:
     return ('head',)
 
+  def input_map_merge_refusal(self) -> str:
+    """Why `merge_input_map` is not exact here ('' : it is; every layer reads its input
+    through its Dense alone)."""
+    return ''
+
+  def merge_input_map(self, params, point: str, matrix):
+    """The params of the same network with the linear map `matrix` ([H, H]) applied to
+    point `point`'s output, folded into the layer that reads it (exact: x @ M @ K = x @ K')."""
+    names = [p.name for p in self.points()]
+    i = points_lib.index(self.points(), point, 'point')
+    reader = layer_module_name(i + 2) if i + 1 < len(names) else 'head'
+    layer = dict(params[reader])
+    layer['kernel'] = matrix.astype(layer['kernel'].dtype) @ layer['kernel']
+    return {**params, reader: layer}
+
   @nn.compact
   def __call__(self, x, train: bool = True, start_after: Optional[str] = None,
                stop_at: Optional[str] = None):

@@ -415,6 +415,40 @@ class ResNet(nn.Module):
     """The top-level parameters of the output head (what a linear probe trains)."""
     return ('head',)
 
+  def input_map_merge_refusal(self) -> str:
+    """Why `merge_input_map` would not be exact ('' where it is: without shortcuts, a block
+    reads its input through its first conv alone)."""
+    if self.shortcuts:
+      return ('a residual block also adds its input to its output, so a map on that input does '
+              'not fold into a conv: use model.shortcuts=False')
+    return ''
+
+  def merge_input_map(self, params, point: str, matrix):
+    """The params of the same network with the linear map `matrix` ([C, C]) applied to
+    point `point`'s output, folded into the first conv of the block that reads it (or the
+    head, after the pooling, which commutes with it): exact, since the conv's zero padding
+    stays zero under a linear map.
+
+    Raises:
+      ValueError: a network with shortcuts (`input_map_merge_refusal`).
+    """
+    why = self.input_map_merge_refusal()
+    if why:
+      raise ValueError(f'merge_input_map: {why}')
+    records = self.points()
+    i = points_lib.index(records, point, 'point')
+    reader = next((p.modules[0] for p in records[i + 1:] if p.modules), 'head')
+    if reader == 'head':
+      head = dict(params['head'])
+      head['kernel'] = matrix.astype(head['kernel'].dtype) @ head['kernel']
+      return {**params, 'head': head}
+    block = dict(params[reader])
+    conv1 = dict(block['conv1'])
+    conv1['kernel'] = jnp.einsum('ij,hwjo->hwio', matrix.astype(conv1['kernel'].dtype),
+                                 conv1['kernel'])
+    block['conv1'] = conv1
+    return {**params, reader: block}
+
   # --- Forward -------------------------------------------------------------------------------
 
   @nn.compact

@@ -3,6 +3,8 @@
   WORKDIR/stages/.../             the stage folders, STAGE_DIR (laid out by gwtn_jax.pipeline)
   STAGE_DIR/checkpoints/<step>/   orbax: the train state and the run metadata
   STAGE_DIR/final/                orbax: the variables of the network the stage produced
+  STAGE_DIR/snapshots/<step>/     orbax: that network at an earlier step, where a later stage
+                                  imitates it (`imitate.teacher_step`)
   STAGE_DIR/result.json           written last: the stage is finished
 
 The same on a local disk and on Cloud Storage (`gwtn_jax.storage`).
@@ -18,6 +20,7 @@ STAGES_DIR = 'stages'
 RESULT_FILE = 'result.json'
 FINAL_DIR = 'final'
 CHECKPOINTS_DIR = 'checkpoints'
+SNAPSHOTS_DIR = 'snapshots'
 # Orbax's marker of a complete save on Cloud Storage, written last (orbax's own name for it).
 COMMIT_FILE = 'commit_success.txt'
 
@@ -29,6 +32,13 @@ def stage_name(stage: str, seed: int | None = None, network: str = '') -> str:
   """
   name = f'{stage}/{network}' if network else stage
   return name if seed is None else f'seed{seed}/{name}'
+
+
+def output_dir(stage_dir: str, step: int | None = None) -> str:
+  """Where a stage keeps its network: final/, or snapshots/<step>/ for an earlier step."""
+  if step is None:
+    return os.path.join(stage_dir, FINAL_DIR)
+  return os.path.join(stage_dir, SNAPSHOTS_DIR, str(step))
 
 
 def is_complete(directory: str) -> bool:

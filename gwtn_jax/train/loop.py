@@ -62,6 +62,8 @@ class StageSpec:
     checkpoint_timeout_s: the longest a checkpoint write may hold the loop.
     on_nonfinite: 'stop' (the run ends with an error naming the step; nothing non-finite is
       ever saved) or 'skip' (the step is not applied, and is counted and reported).
+    snapshot_steps: steps after which the produced network is also kept
+      (`layout.output_dir(stage_dir, step)`), for a later stage that imitates it there.
   """
   name: str
   method: base.Method
@@ -78,6 +80,7 @@ class StageSpec:
   keep_checkpoints: int = 2
   checkpoint_timeout_s: float = 600.0
   on_nonfinite: str = 'stop'
+  snapshot_steps: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -91,6 +94,7 @@ class StageResult:
   curve_metric: str
   model: nn.Module               # the produced network (for its FLOPs in the report)
   summary: Any = None            # what the method says of its result (JSON), e.g. DAN's widths
+  snapshots: Mapping[int, Any] = dataclasses.field(default_factory=dict)  # step -> variables
 
 
 def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Method,
@@ -111,8 +115,8 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
     model_state = {c: base.tree_where(mask[c], tree, state.model_state[c]) if c in mask else tree
                    for c, tree in model_state.items()}
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  if mask is not None:
-    updates = base.tree_where(mask['params'], updates, jax.tree.map(jnp.zeros_like, updates))
+  if mask is not None:  # and a multiplier scales the parameter's learning rate
+    updates = base.tree_scale(mask['params'], updates)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -161,10 +165,11 @@ def model_abstract_variables(model: nn.Module, task: tasks_lib.Task, mesh: Mesh,
 
 
 def load_stage_output(stage_dir: str, model: nn.Module, task: tasks_lib.Task, mesh: Mesh,
-                      rules):
-  """Restores a finished stage's network straight into this mesh's shardings."""
+                      rules, step: int | None = None):
+  """Restores a finished stage's network (or its snapshot at `step`) straight into this
+  mesh's shardings."""
   target = model_abstract_variables(model, task, mesh, rules)
-  return checkpoint_lib.restore_final(os.path.join(stage_dir, layout.FINAL_DIR), target)
+  return checkpoint_lib.restore_final(layout.output_dir(stage_dir, step), target)
 
 
 def read_result(stage_dir: str) -> dict[str, Any] | None:
@@ -276,8 +281,11 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                           f'for {total_steps}, which is ignored: a finished stage is never run '
                           'again (use a new workdir to run it longer)')
     variables = load_stage_output(stage_dir, spec.model, spec.task, mesh, rules)
+    snapshots = {n: load_stage_output(stage_dir, spec.model, spec.task, mesh, rules, step=n)
+                 for n in spec.snapshot_steps}
     return StageResult(spec.name, variables, done['metrics'], done['history'], done['steps'],
-                       done['wall_s'], done['curve_metric'], spec.model, done.get('summary'))
+                       done['wall_s'], done['curve_metric'], spec.model, done.get('summary'),
+                       snapshots)
 
   tx, schedule = optim.make_optimizer(spec.optimizer, [p.steps for p in phases])
   rng = jax.random.key(spec.init_seed)
@@ -311,6 +319,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                                start_step=step)
   phase_end = 0
   last_metrics: dict[str, float] = {}
+  snapshots = {n: load_stage_output(stage_dir, spec.model, spec.task, mesh, rules, step=n)
+               for n in spec.snapshot_steps if n <= step}  # kept before a resume
   try:
     for phase in phases:
       phase_end += phase.steps
@@ -327,7 +337,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
         save = step % spec.checkpoint_every == 0 or step == total_steps
         stop = preemption is not None and preemption.should_stop(step)
         log = step % spec.log_every == 0 or step == phase_end
-        if log or save or stop:
+        snapshot = step in spec.snapshot_steps
+        if log or save or stop or snapshot:
           # Every step is checked before anything is logged or saved.
           fetched += check(unchecked)
           unchecked = []
@@ -345,6 +356,10 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
           writer.write_scalars(step, {f'eval/{k}': v for k, v in last_metrics.items()})
           progress.message(f'eval at step {step}: ' +
                            ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()))
+        if snapshot:  # written before any later checkpoint, so a resume past it finds it
+          # A copy: the next step donates the state's buffers.
+          snapshots[step] = jax.tree.map(jnp.copy, method.export(_variables(state), teacher))
+          checkpoint_lib.save_final(layout.output_dir(stage_dir, step), snapshots[step])
         if save or stop:
           checkpoints.save(step, state, meta())
         if stop and step < total_steps:
@@ -358,7 +373,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     checkpoints.wait()
     summary = method.summary(_variables(state))
     variables = method.export(_variables(state), teacher)
-    checkpoint_lib.save_final(os.path.join(stage_dir, layout.FINAL_DIR), variables)
+    checkpoint_lib.save_final(layout.output_dir(stage_dir), variables)
     wall_s = wall()
     _write_json(os.path.join(stage_dir, RESULT_FILE), {
         'name': spec.name, 'steps': total_steps, 'wall_s': wall_s, 'metrics': last_metrics,
@@ -371,4 +386,4 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                    ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()) +
                    (f'; {check.skipped} non-finite steps skipped' if check.skipped else ''))
   return StageResult(spec.name, variables, last_metrics, history, total_steps, wall_s,
-                     method.curve_metric, spec.model, summary)
+                     method.curve_metric, spec.model, summary, snapshots)
