@@ -6,9 +6,10 @@ value, ...}`) and `study.settings` (its values) runs the whole pipeline once per
 value, in `WORKDIR/settings/<index>-<value>/`, each resumable like any run (a killed study rerun goes on
 where it stopped; finished settings are loaded, not rerun), then writes
 
-- `study.json`: {"axis", "label", "metric", "settings": [{"value", "networks": {network:
-  {"mean", "spread", "per_seed", "params", "flops", "train_steps"}}}]}, the metric being the
-  task's main one (accuracy; MLM accuracy for a BERT), `per_seed` its value for each seed;
+- `study.json`: {"axis", "label", "metric", "loss", "settings": [{"value", "networks":
+  {network: {"mean", "spread", "per_seed", "params", "flops", "train_steps", "loss",
+  "loss_spread", "loss_per_seed"}}}]}, the metric being the task's main one (accuracy; MLM
+  accuracy for a BERT), `per_seed` its value for each seed, and `loss` the held-out loss;
 - `study.md`: one table, a row per setting and a column per network (mean +- spread);
 - `study.png`: each network's mean and spread against the axis.
 
@@ -118,9 +119,13 @@ def _metric(config) -> str:
   return 'mlm_accuracy' if schema.is_text(config) else 'accuracy'
 
 
+def _loss(config) -> str:
+  return 'mlm_loss' if schema.is_text(config) else 'loss'
+
+
 def summarize(config, reports: list[tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
   """study.json's content from each setting's report."""
-  metric = _metric(config)
+  metric, loss = _metric(config), _loss(config)
   settings = []
   for value, report in reports:
     networks = {}
@@ -132,9 +137,12 @@ def summarize(config, reports: list[tuple[Any, dict[str, Any]]]) -> dict[str, An
           'mean': row['metrics'][metric], 'spread': row['spread'][metric],
           'per_seed': [s[metric] for s in row['per_seed']], 'params': row['params'],
           'flops': row['flops'], 'train_steps': row['train_steps']}
+      if loss in row['metrics']:  # the held-out loss too (a BERT's MLM loss separates more)
+        networks[name].update(loss=row['metrics'][loss], loss_spread=row['spread'][loss],
+                              loss_per_seed=[s[loss] for s in row['per_seed']])
     settings.append({'value': value, 'networks': networks})
   return {'axis': config.study.axis, 'label': config.study.label or config.study.axis,
-          'metric': metric, 'seeds': list(config.seeds), 'settings': settings}
+          'metric': metric, 'loss': loss, 'seeds': list(config.seeds), 'settings': settings}
 
 
 def markdown(study: dict[str, Any]) -> str:
@@ -150,6 +158,17 @@ def markdown(study: dict[str, Any]) -> str:
       row = s['networks'].get(n)
       cells.append('' if row is None else f'{row["mean"]:.4f} +- {row["spread"]:.4f}')
     lines.append('| ' + ' | '.join(cells) + ' |')
+  if any('loss' in row for s in study['settings'] for row in s['networks'].values()):
+    lines += ['', f'Held-out {study.get("loss", "loss")} (mean +- std):', '',
+              '| ' + ' | '.join([study['label']] + names) + ' |',
+              '|' + '---|' * (len(names) + 1)]
+    for s in study['settings']:
+      cells = [str(s['value'])]
+      for n in names:
+        row = s['networks'].get(n)
+        cells.append('' if row is None or 'loss' not in row else
+                     f'{row["loss"]:.4f} +- {row["loss_spread"]:.4f}')
+      lines.append('| ' + ' | '.join(cells) + ' |')
   lines += ['', 'Params and train steps per setting (thin arms are trained equally long):', '',
             '| ' + study['label'] + ' | ' + ' | '.join(f'{n} params / steps' for n in names)
             + ' |', '|' + '---|' * (len(names) + 1)]

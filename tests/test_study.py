@@ -80,6 +80,7 @@ def test_a_study_runs_each_setting_and_writes_its_tables(tmp_path, capsys):
       seeds = 1 if name == 'wide' else 2
       assert len(row['per_seed']) == seeds, name
       assert row['mean'] == pytest.approx(np.mean(row['per_seed']))
+      assert row['loss'] == pytest.approx(np.mean(row['loss_per_seed'])) and row['loss'] > 0
       assert row['params'] > 0 and row['flops'] > 0 and row['train_steps'] > 0
     # Equal thin budgets at each depth (2 points x 2 steps, 4 x 1, + fine-tuning).
     assert networks['thin_scratch']['train_steps'] == networks['thin_gwtn']['train_steps']
@@ -123,12 +124,15 @@ def test_depth_and_shortcut_fields_are_refused_where_nothing_reads_them(tmp_path
   config_lib.validate(tiny_config('', **{'model.shortcuts': False}), None, data=False)
 
 
-@pytest.mark.parametrize('arg', ['', 'deep', 'budget', 'smoke', 'variants', 'variants,smoke'])
-def test_the_depth_study_config_checks_every_setting(arg):
+@pytest.mark.parametrize('name, arg', [
+    ('mlp', ''), ('mlp', 'deep'), ('mlp', 'budget'), ('mlp', 'smoke'), ('mlp', 'variants'),
+    ('mlp', 'variants,smoke'), ('resnet', ''), ('resnet', 'plain'), ('resnet', 'plain,smoke'),
+    ('bert', ''), ('bert', 'smoke')])
+def test_the_depth_study_configs_check_every_setting(name, arg):
   import importlib.util  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',
-                      'study_depth_mlp.py')
-  spec = importlib.util.spec_from_file_location('study_depth_mlp', path)
+                      f'study_depth_{name}.py')
+  spec = importlib.util.spec_from_file_location(f'study_depth_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg)
@@ -138,8 +142,22 @@ def test_the_depth_study_config_checks_every_setting(arg):
     config_lib.validate(setting, None, data=False)
     stages = config_lib.stages_of(setting)
     assert {'thin_scratch', 'thin_kd', 'imitate', 'finetune'} <= set(stages), value
-  if arg in ('', 'deep'):
+  if name == 'mlp' and arg in ('', 'deep'):
     # The same imitation budget at every depth, split over the layers.
     budgets = {s.model.num_layers * s.imitate.steps_per_point for _, s in settings}
     assert budgets == {module.IMITATION_STEPS}
     assert [v for v, _ in settings] == list(module.DEPTHS) + ([module.DEEP] if arg else [])
+
+
+def test_a_variant_study_names_its_settings_and_sets_only_their_fields():
+  c = _study_config(axis='variant', settings=(
+      {'variant': 'plain'}, {'variant': 'slow lower layers', 'imitate.lower_lr': 0.1}))
+  (v0, s0), (v1, s1) = study_lib.setting_configs(c)
+  assert (v0, v1) == ('plain', 'slow lower layers')
+  assert s0.imitate.lower_lr == 1.0 and s1.imitate.lower_lr == 0.1
+  assert s0.model == s1.model and not s1.study.axis
+  assert study_lib.setting_dir('W', 1, v1) == os.path.join('W', 'settings', '1-slow_lower_layers')
+  with pytest.raises(config_lib.ConfigError, match="non-string 'variant'"):
+    study_lib.setting_configs(_study_config(axis='variant', settings=({'variant': 3},)))
+  with pytest.raises(config_lib.ConfigError, match="does not set the axis 'variant'"):
+    study_lib.setting_configs(_study_config(axis='variant', settings=({'imitate.lower_lr': 0.1},)))
