@@ -8,7 +8,8 @@ Commands (from the repository root, after the README's set-up):
 
 Hardware: the 2-core CPU machine this project is developed on (no accelerator).
 Expected time and result: see the README, "When does GWTN pay?" (the measured tables, and
-which depths fitted in a session here). `:smoke` runs depths 8 and 20 on a slice of the data.
+which depths fitted in a session here). `:smoke` runs depths 8 and 20 on a slice of the data;
+`:variants` runs the recipe variants on the plain ResNet-20, 3 seeds (`VARIANTS` below).
 
 What it runs: for each depth, the wide ResNet once (seed 0) and the thin ResNet from scratch,
 by KD alone, and by GWTN (imitation of the three stage outputs bottom to top, then fine-tuning
@@ -31,14 +32,24 @@ from gwtn_jax import config_lib
 from gwtn_jax import recipes
 
 DEPTHS = (20, 56, 110)
+# `:variants`: recipe variants on the plain ResNet-20 (SGD, so the loss scale matters here,
+# and BatchNorm, so its re-estimation applies), seeds 0, 1, 2, every thin arm of a seed on
+# the same batches. The MLP study (`study_depth_mlp.py:variants`) measures the others.
+VARIANTS = (
+    {'variant': 'paper (default)'},
+    {'variant': 'BatchNorm re-estimated', 'imitate.bn_refresh_steps': 100},
+    {'variant': 'normalized MSE', 'imitate.normalize': True},
+    {'variant': 'normalized MSE x10', 'imitate.normalize': True, 'imitate.loss_scale': 10.0},
+    {'variant': 'merged linear pairs', 'imitate.projection': 'pair'},
+)
 
 
 def get_config(arg: str = ''):
-  args = config_lib.parse_config_arg(arg, dict(smoke=bool, plain=bool),
+  args = config_lib.parse_config_arg(arg, dict(smoke=bool, plain=bool, variants=bool),
                                      'configs/study_depth_resnet.py')
   config = config_lib.base_config()
   config.model.stem_strides = 2
-  config.model.shortcuts = not args.get('plain', False)
+  config.model.shortcuts = not (args.get('plain') or args.get('variants'))
   config.thin_width = 0.25
   config.wide_width = 1.0
   config.data.name = 'fashion_mnist_idx'
@@ -65,4 +76,13 @@ def get_config(arg: str = ''):
   config.study.label = ('plain ' if args.get('plain') else '') + 'ResNet depth'
   config.study.settings = tuple(f'cifar_resnet{d}' for d in depths)
   config.model.name = config.study.settings[0]
+  if args.get('variants'):
+    config.model.name = f'cifar_resnet{depths[0] if args.get("smoke") else 20}'
+    config.seeds = (0, 1, 2)
+    config.shared_data_order = True
+    config.study.axis = 'variant'
+    config.study.label = f'recipe variant (plain {config.model.name})'
+    config.study.settings = tuple(
+        dict(v, **{'imitate.bn_refresh_steps': 8}) if 'imitate.bn_refresh_steps' in v and
+        args.get('smoke') else v for v in VARIANTS)
   return config

@@ -127,6 +127,7 @@ def test_depth_and_shortcut_fields_are_refused_where_nothing_reads_them(tmp_path
 @pytest.mark.parametrize('name, arg', [
     ('mlp', ''), ('mlp', 'deep'), ('mlp', 'budget'), ('mlp', 'smoke'), ('mlp', 'variants'),
     ('mlp', 'variants,smoke'), ('resnet', ''), ('resnet', 'plain'), ('resnet', 'plain,smoke'),
+    ('resnet', 'variants'), ('resnet', 'variants,smoke'),
     ('bert', ''), ('bert', 'smoke')])
 def test_the_depth_study_configs_check_every_setting(name, arg):
   import importlib.util  # pylint: disable=g-import-not-at-top
