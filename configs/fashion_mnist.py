@@ -14,6 +14,9 @@ Expected result (measured, seed 0; `bash scripts/demo.sh`): wide 89.8% test accu
 budget GWTN does not beat the controls here; see README for the variants we measured.
 
 `configs/fashion_mnist.py:smoke` shrinks everything to a couple of minutes for a check.
+`configs/fashion_mnist.py:budget` is the budget ladder: the demo at 1x, 3x and 10x its thin
+steps (1800, 5400, 18000), as a study (about 10, 25 and 75 minutes here; README, "When does
+GWTN pay?", says which rungs were run).
 
 Choices (ours; the GWTN paper has no Fashion-MNIST recipe):
 - CIFAR-style ResNet-20 with a stride-2 stem (28x28 -> 14x14) to fit the budget; thin width
@@ -33,6 +36,9 @@ Choices (ours; the GWTN paper has no Fashion-MNIST recipe):
 
 from gwtn_jax import config_lib
 from gwtn_jax import recipes
+
+
+BUDGET_LADDER = (1, 3, 10)  # `:budget`: multiples of the demo's thin steps
 
 
 def get_config(arg: str = ''):
@@ -67,6 +73,15 @@ def get_config(arg: str = ''):
     config.wide.optimizer.warmup_steps = 10
     config.thin_scratch.optimizer.warmup_steps = 10
     config.thin_kd.optimizer.warmup_steps = 10
+  elif arg == 'budget':
+    # The budget ladder (README, "When does GWTN pay?"): 1x, 3x and 10x the demo's thin
+    # steps, stage 2 and stage 3 scaled alike, the controls as long; the same teacher.
+    config.study.axis = 'imitate.steps_per_point'
+    config.study.label = 'imitation steps per point (x1, x3, x10 the demo)'
+    config.study.settings = tuple(
+        {'imitate.steps_per_point': 300 * k, 'imitate.eval_every': 300 * k,
+         'finetune.steps': 900 * k} for k in BUDGET_LADDER)
   elif arg:
-    raise ValueError(f'configs/fashion_mnist.py: unknown argument {arg!r}; use "smoke" or nothing')
+    raise ValueError(f'configs/fashion_mnist.py: unknown argument {arg!r}; use "smoke", '
+                     '"budget" or nothing')
   return config

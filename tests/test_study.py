@@ -162,3 +162,21 @@ def test_a_variant_study_names_its_settings_and_sets_only_their_fields():
     study_lib.setting_configs(_study_config(axis='variant', settings=({'variant': 3},)))
   with pytest.raises(config_lib.ConfigError, match="does not set the axis 'variant'"):
     study_lib.setting_configs(_study_config(axis='variant', settings=({'imitate.lower_lr': 0.1},)))
+
+
+def test_the_demo_budget_ladder_scales_every_thin_arm_alike():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'fashion_mnist.py')
+  spec = importlib.util.spec_from_file_location('fashion_mnist', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  settings = study_lib.setting_configs(module.get_config('budget'))
+  thin_steps = []
+  for _, setting in settings:
+    config_lib.validate(setting, None, data=False)
+    steps = {s: config_lib.stage_steps(setting, s, models.get_model(
+        setting.model.name, num_classes=10, width_multiplier=setting.thin_width))
+             for s in ('thin_scratch', 'thin_kd', 'imitate', 'finetune')}
+    assert steps['thin_scratch'] == steps['thin_kd'] == steps['imitate'] + steps['finetune']
+    thin_steps.append(steps['thin_scratch'])
+  assert thin_steps == [1800, 5400, 18000]
