@@ -40,29 +40,16 @@ Choices (ours; the GWTN paper has no recipe at this scale):
 """
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 
 def get_config(arg: str = ''):
   config = config_lib.base_config()
-  config.model.name = 'bert_mini'
-  config.model.pre_layer_norm = True
-  config.model.dropout_rate = 0.0
-  config.model.attention_dropout_rate = 0.0
-  config.thin_width = 0.5
-  config.wide_width = 1.0
-  config.data = config_lib.text_data_config(name='shakespeare', vocab_size=8000, seq_len=64,
-                                            num_eval_examples=1024)
-
-  config.batch_size = 16
-  config.eval_batch_size = 128
+  recipes.shakespeare_bert(config, pre_layer_norm=True)
   config.log_every = 50
   config.eval_every = 200
   config.checkpoint_every = 200
-
-  def adamw(lr, warmup, **kw):
-    return config_lib.optimizer_config(name='adamw', learning_rate=lr, b2=0.98,
-                                       weight_decay=0.01, weight_decay_on='kernels',
-                                       schedule='cosine', warmup_steps=warmup, **kw)
+  adamw = recipes.bert_adamw
 
   config.wide.steps = 1200
   config.wide.optimizer = adamw(1e-3, 50)

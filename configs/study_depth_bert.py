@@ -27,6 +27,7 @@ Choices (ours; the paper has no recipe at this scale):
 """
 
 from gwtn_jax import config_lib
+from gwtn_jax import recipes
 
 DEPTHS = (4, 8, 16)
 IMITATION_STEPS = 300  # split over the depth + 1 points
@@ -35,25 +36,12 @@ IMITATION_STEPS = 300  # split over the depth + 1 points
 def get_config(arg: str = ''):
   args = config_lib.parse_config_arg(arg, dict(smoke=bool), 'configs/study_depth_bert.py')
   config = config_lib.base_config()
-  config.model.name = 'bert_mini'
-  config.model.pre_layer_norm = False
-  config.model.dropout_rate = 0.0
-  config.model.attention_dropout_rate = 0.0
-  config.thin_width = 0.5
-  config.wide_width = 1.0
-  config.data = config_lib.text_data_config(name='shakespeare', vocab_size=8000, seq_len=64,
-                                            num_eval_examples=1024)
+  recipes.shakespeare_bert(config, pre_layer_norm=False)
   config.stages = ('wide', 'thin_scratch', 'thin_kd', 'imitate', 'probe', 'finetune')
-  config.batch_size = 16
-  config.eval_batch_size = 128
   config.log_every = 50
   config.eval_every = 300
   config.checkpoint_every = 300
-
-  def adamw(lr, warmup):
-    return config_lib.optimizer_config(name='adamw', learning_rate=lr, b2=0.98,
-                                       weight_decay=0.01, weight_decay_on='kernels',
-                                       schedule='cosine', warmup_steps=warmup)
+  adamw = recipes.bert_adamw
 
   wide, imitation, finetune, depths = 600, IMITATION_STEPS, 300, DEPTHS
   if args.get('smoke'):

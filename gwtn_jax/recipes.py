@@ -5,8 +5,34 @@ No JAX here: config files import this module.
 
 from __future__ import annotations
 
+from gwtn_jax.config import schema
+
 # SGD with momentum 0.9 and a cosine schedule: the Fashion-MNIST recipes' optimizer.
 SGD = dict(name='sgd', momentum=0.9, schedule='cosine')
+
+
+def shakespeare_bert(config, *, pre_layer_norm: bool) -> None:
+  """The Shakespeare BERTs' network and data (the demo's and the depth study's): bert_mini
+  depth, thin width 0.5 against 1.0, no dropout; 64-token sequences from the embedded plays,
+  a WordPiece vocabulary of 8000, 1024 eval sequences; batch 16."""
+  config.model.name = 'bert_mini'
+  config.model.pre_layer_norm = pre_layer_norm
+  config.model.dropout_rate = 0.0
+  config.model.attention_dropout_rate = 0.0
+  config.thin_width = 0.5
+  config.wide_width = 1.0
+  config.data = schema.text_data_config(name='shakespeare', vocab_size=8000, seq_len=64,
+                                        num_eval_examples=1024)
+  config.batch_size = 16
+  config.eval_batch_size = 128
+
+
+def bert_adamw(learning_rate: float, warmup_steps: int):
+  """The Shakespeare BERTs' optimizer: AdamW, b2 0.98, weight decay 0.01 on kernels, warmup
+  then cosine decay."""
+  return schema.optimizer_config(name='adamw', learning_rate=learning_rate, b2=0.98,
+                                 weight_decay=0.01, weight_decay_on='kernels',
+                                 schedule='cosine', warmup_steps=warmup_steps)
 
 
 def imagenet_data(data) -> None:

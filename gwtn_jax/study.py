@@ -145,38 +145,30 @@ def summarize(config, reports: list[tuple[Any, dict[str, Any]]]) -> dict[str, An
           'metric': metric, 'loss': loss, 'seeds': list(config.seeds), 'settings': settings}
 
 
+def _table(study: dict[str, Any], names: list[str], header: list[str], cell) -> list[str]:
+  """A markdown table: a row per setting, a column per network, `cell(row)` in each ('' where
+  the setting lacks the network)."""
+  lines = ['| ' + ' | '.join([study['label']] + header) + ' |', '|' + '---|' * (len(names) + 1)]
+  for s in study['settings']:
+    cells = [str(s['value'])] + ['' if n not in s['networks'] else cell(s['networks'][n])
+                                 for n in names]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
 def markdown(study: dict[str, Any]) -> str:
   names = [n for n in _ORDER if any(n in s['networks'] for s in study['settings'])]
   names += sorted({n for s in study['settings'] for n in s['networks']} - set(names))
   lines = [f'# Study: {study["label"]} ({study["metric"]}, mean +- std over seeds '
-           f'{study["seeds"]})', '',
-           '| ' + ' | '.join([study['label']] + names) + ' |',
-           '|' + '---|' * (len(names) + 1)]
-  for s in study['settings']:
-    cells = [str(s['value'])]
-    for n in names:
-      row = s['networks'].get(n)
-      cells.append('' if row is None else f'{row["mean"]:.4f} +- {row["spread"]:.4f}')
-    lines.append('| ' + ' | '.join(cells) + ' |')
+           f'{study["seeds"]})', '']
+  lines += _table(study, names, names, lambda r: f'{r["mean"]:.4f} +- {r["spread"]:.4f}')
   if any('loss' in row for s in study['settings'] for row in s['networks'].values()):
-    lines += ['', f'Held-out {study.get("loss", "loss")} (mean +- std):', '',
-              '| ' + ' | '.join([study['label']] + names) + ' |',
-              '|' + '---|' * (len(names) + 1)]
-    for s in study['settings']:
-      cells = [str(s['value'])]
-      for n in names:
-        row = s['networks'].get(n)
-        cells.append('' if row is None or 'loss' not in row else
-                     f'{row["loss"]:.4f} +- {row["loss_spread"]:.4f}')
-      lines.append('| ' + ' | '.join(cells) + ' |')
-  lines += ['', 'Params and train steps per setting (thin arms are trained equally long):', '',
-            '| ' + study['label'] + ' | ' + ' | '.join(f'{n} params / steps' for n in names)
-            + ' |', '|' + '---|' * (len(names) + 1)]
-  for s in study['settings']:
-    cells = [str(s['value'])] + [
-        '' if n not in s['networks'] else
-        f'{s["networks"][n]["params"]:,} / {s["networks"][n]["train_steps"]}' for n in names]
-    lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', f'Held-out {study.get("loss", "loss")} (mean +- std):', '']
+    lines += _table(study, names, names, lambda r: '' if 'loss' not in r else
+                    f'{r["loss"]:.4f} +- {r["loss_spread"]:.4f}')
+  lines += ['', 'Params and train steps per setting (thin arms are trained equally long):', '']
+  lines += _table(study, names, [f'{n} params / steps' for n in names],
+                  lambda r: f'{r["params"]:,} / {r["train_steps"]}')
   return '\n'.join(lines) + '\n'
 
 

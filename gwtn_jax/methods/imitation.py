@@ -315,20 +315,24 @@ class Imitation(base.Method):
     targets = {name: jax.lax.stop_gradient(v)
                for name, v in self.wide.read_points(wide_out['intermediates']).items()}
 
+    def segment(i, x, state):
+      """Thin segment i (from point i - 1, whose output or stand-in is x, to point i)."""
+      start = self.points[i - 1][0] if i > 0 else None
+      step_rng = None if rng is None else jax.random.fold_in(rng, i)
+      y, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
+                                 train=train, rng=step_rng, inputs=x, start_after=start,
+                                 stop_at=self.points[i][0])
+      return y, {**state, **out}
+
     outputs = {}
     if self.pair:  # block by block, each reading the previous point through its pair
-      x, start = None, None
+      x = None
       for i in range(max(active) + 1):
         thin_point = self.points[i][0]
-        step_rng = None if rng is None else jax.random.fold_in(rng, i)
-        y, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
-                                   train=train, rng=step_rng, inputs=x, start_after=start,
-                                   stop_at=thin_point)
-        outputs[thin_point] = y
-        state = {**state, **out}
-        x, start = y, thin_point
+        outputs[thin_point], state = segment(i, x, state)
+        x = outputs[thin_point]
         if thin_point in self.down:
-          x = _project(params['down'][thin_point], _project(params['up'][thin_point], y))
+          x = _project(params['down'][thin_point], _project(params['up'][thin_point], x))
     elif self.config.inputs == 'own':
       top = self.points[max(active)][0]
       _, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
@@ -336,22 +340,15 @@ class Imitation(base.Method):
       points = self.thin.read_points(out.pop('intermediates'))
       outputs = {self.points[i][0]: points[self.points[i][0]] for i in active}
       state = {**state, **out}
-    else:
+    else:  # each active segment reads the teacher's previous point
       for i in active:
-        thin_point = self.points[i][0]
-        if i == 0:
-          x, start = None, None
-        else:
-          start, prev_wide = self.points[i - 1]
+        x = None
+        if i > 0:
+          prev_thin, prev_wide = self.points[i - 1]
           x = targets[prev_wide]
-          if start in self.down:
-            x = _project(params['down'][start], x)
-        step_rng = None if rng is None else jax.random.fold_in(rng, i)
-        y, out = self.task.forward(self.thin, {'params': params['student'], **state}, batch,
-                                   train=train, rng=step_rng, inputs=x, start_after=start,
-                                   stop_at=thin_point)
-        outputs[thin_point] = y
-        state = {**state, **out}
+          if prev_thin in self.down:
+            x = _project(params['down'][prev_thin], x)
+        outputs[self.points[i][0]], state = segment(i, x, state)
 
     positions = self.task.position_weights(batch)
     losses = {}
