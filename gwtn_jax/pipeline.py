@@ -32,6 +32,7 @@ from gwtn_jax.interop import sources
 from gwtn_jax.methods import registry
 from gwtn_jax.train import layout
 from gwtn_jax.train import loop
+from gwtn_jax.train import metrics as metrics_lib
 from gwtn_jax.train import preemption as preemption_lib
 
 def _stage_seed(seed: int, stage: str) -> int:
@@ -39,9 +40,15 @@ def _stage_seed(seed: int, stage: str) -> int:
   return int(np.random.SeedSequence([seed, *stage.encode()]).generate_state(1)[0] % (2**31))
 
 
+def _peak_flops(config) -> float:
+  peak, _ = metrics_lib.peak_flops(jax.devices()[0], config.model.dtype, config.peak_tflops)
+  return peak
+
+
 def _spec(config, stage: str, name: str, method, model, task, init_seed: int, data_seed: int
           ) -> loop.StageSpec:
   return loop.StageSpec(
+      peak_flops=_peak_flops(config),
       name=name, method=method, model=model, task=task, optimizer=config[stage].optimizer,
       batch_size=config_lib.stage_value(config, stage, 'batch_size'),
       eval_batch_size=config.eval_batch_size, init_seed=init_seed, data_seed=data_seed,

@@ -8,12 +8,15 @@ Each stage's train step (the same jitted function, shardings and donation as the
 lowered for abstract inputs on a mesh of N virtual CPU devices built from the config's mesh and
 rules, and compiled. Per device and per stage it prints the parameters, the optimizer state,
 the teacher's parameters, the batch, XLA's temporaries (`compiled.memory_analysis()`), the
-FLOPs of one step (`compiled.cost_analysis()`), and whether the total fits the HBM of a v4
-(32 GiB), v5e (16 GiB) and v5p (95 GiB) chip. No data is read and nothing is allocated.
+model FLOPs of one step per device (`gwtn_jax.train.flops`: the step's matrix products and
+convolutions, scanned layers counted per layer, which XLA's cost analysis counts once), and
+whether the total fits the HBM of a v4 (32 GiB), v5e (16 GiB) and v5p (95 GiB) chip. No data
+is read and nothing is allocated.
 
 The figures are compiled by XLA's CPU backend: the parameters, optimizer state, teacher and
-batch are exact (they follow from the shardings), the temporaries and FLOPs are an estimate of
-what the TPU compiler will do (its fusion and rematerialization differ).
+batch are exact (they follow from the shardings) and so are the model FLOPs (they follow from
+the program); the temporaries are an estimate of what the TPU compiler will do (its fusion and
+rematerialization differ).
 """
 
 from __future__ import annotations
@@ -69,7 +72,6 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders  # pylint: disable=g-import-not-at-top
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from gwtn_jax import report  # pylint: disable=g-import-not-at-top
   from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
@@ -109,7 +111,8 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
           opt_state=_per_device_bytes(state.opt_state) + _per_device_bytes(state.model_state),
           teacher=teacher_bytes if uses_teacher else 0, batch=_per_device_bytes(batch),
           temp=int(getattr(memory, 'temp_size_in_bytes', 0) or 0),
-          flops=report.cost_flops(compiled)))
+          flops=loop.step_model_flops(method, phase, tx, rng, mesh, rules, state, batch,
+                                      teacher if uses_teacher else None) / mesh.size))
   return plans
 
 
@@ -119,8 +122,8 @@ def format_plans(plans: list[StagePlan], config, num_devices: int) -> str:
   lines = [
       f'{config.model.name}: thin width {config.thin_width:g}, wide width {config.wide_width:g}, '
       f'{config.model.dtype}; {num_devices} devices, mesh {sizes}',
-      'Per device, GiB (parameters, optimizer state, teacher and batch exact; temporaries and '
-      'FLOPs compiled by XLA:CPU, an estimate of the TPU compile):',
+      'Per device, GiB (parameters, optimizer state, teacher and batch exact; temporaries '
+      'compiled by XLA:CPU, an estimate of the TPU compile); model TFLOP of one step:',
       f'{"stage":28s} {"params":>8s} {"opt":>8s} {"teacher":>8s} {"batch":>8s} {"temp":>8s} '
       f'{"total":>8s} {"TFLOP/step":>11s}  fits',
   ]

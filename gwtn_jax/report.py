@@ -2,12 +2,14 @@
 
 `report.json` maps each network (wide, thin_scratch, thin_kd, thin_imitated, thin_gwtn; with
 other methods thin_lit, small_an, small_scratch, small_dan) to
-{params, flops, train_steps, wall_s, metrics}, where metrics are the mean over the seeds and
+{params, flops, train_steps, wall_s, metrics, throughput}, where metrics are the mean over the seeds and
 `spread` holds their standard deviation: {accuracy, loss} for images, {mlm_accuracy, mlm_loss}
 after pre-training for a BERT, plus {downstream_accuracy, downstream_loss} after its downstream
 fine-tuning (and `downstream_steps`). `flops` are the forward FLOPs of one example from XLA's
 cost analysis; `train_steps` and `wall_s` add up every stage that produced the network
-(thin_gwtn: imitation + fine-tuning). A BERT run's report also has `downstream_task`: the
+(thin_gwtn: imitation + fine-tuning), and `throughput` gives each of those stages'
+examples/s (tokens/s for a BERT), model TFLOP/s per device and MFU (`gwtn_jax.train.metrics`),
+measured over its training alone. A BERT run's report also has `downstream_task`: the
 task's name, classes, sizes and chance accuracy.
 """
 
@@ -52,8 +54,11 @@ def cost_flops(compiled) -> float:
 def forward_flops(model, task) -> int:
   """Inference FLOPs of one example, from XLA's cost analysis of the task's forward pass.
 
-  (A BERT's MLM forward runs its head at the masked positions only, as in pre-training.)
+  (A BERT's MLM forward runs its head at the masked positions only, as in pre-training.) A
+  network with scanned layers is counted as its unrolled twin: XLA counts a loop's body once.
   """
+  if getattr(model, 'scan_layers', False):
+    model = model.clone(scan_layers=False)
   sample = task.sample_batch()
   variables = jax.eval_shape(functools.partial(task.init, model), jax.random.key(0), sample)
   apply = jax.jit(lambda v, b: task.outputs(model, v, b, train=False)[0])
@@ -94,6 +99,13 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
       per_seed.append({'metrics': metrics, 'train_steps': sum(p.steps for p in parts),
                        'wall_s': sum(p.wall_s for p in parts)})
     names = per_seed[0]['metrics'].keys()
+    # Each training stage's throughput (examples/s, tokens/s, TFLOP/s per device, MFU), the
+    # mean over seeds.
+    throughput = {}
+    for s in budget:
+      measured = [r.throughput for r in results.get(s, []) if r.throughput]
+      if measured:
+        throughput[s] = {k: _mean([m[k] for m in measured if k in m]) for k in measured[0]}
     report[key] = {
         'params': count_params(runs[0].variables),
         'flops': flops_cache[repr(model)],
@@ -103,6 +115,7 @@ def build_report(results, report_keys, exp) -> dict[str, Any]:
         'spread': {m: float(np.std([p['metrics'][m] for p in per_seed])) for m in names},
         'seeds': len(per_seed),
         'per_seed': [p['metrics'] for p in per_seed],
+        'throughput': throughput,
     }
     if down:
       report[key]['downstream_steps'] = down[0].steps
@@ -163,6 +176,17 @@ def _markdown(report: dict[str, Any], config) -> str:
         deltas.append(f'{m} {shown} ({"better" if better else "worse"})')
     lines.append(f'- {method} vs {control} at equal training steps '
                  f'({rows[control]["train_steps"]}): ' + ', '.join(deltas) + f' [{claim}].')
+  speeds = [(key, stage, t) for key, row in rows.items()
+            for stage, t in row.get('throughput', {}).items()]
+  if speeds:
+    lines += ['', '| network | stage | examples/s | tokens/s | model TFLOP/s per device | MFU |',
+              '|---|---|---:|---:|---:|---:|']
+    for key, stage, t in speeds:
+      cell = lambda k, f: f.format(t[k]) if k in t else ''
+      lines.append(f'| {key} | {stage} | {cell("examples_per_second", "{:.0f}")} | '
+                   f'{cell("tokens_per_second", "{:.0f}")} | '
+                   f'{cell("tflops_per_device", "{:.3g}")} | '
+                   f'{cell("mfu", "{:.1%}")} |')
   task = report.get(DOWNSTREAM_TASK)
   if task:
     steps = next((r['downstream_steps'] for r in rows.values() if 'downstream_steps' in r), 0)

@@ -39,12 +39,21 @@ def test_every_stage_and_the_report(tmp_path):
   accs = [s['accuracy'] for s in report['thin_scratch']['per_seed']]
   assert report['thin_scratch']['metrics']['accuracy'] == pytest.approx(np.mean(accs))
   assert report['thin_scratch']['spread']['accuracy'] == pytest.approx(np.std(accs))
+  # Each training stage's throughput, measured over its training alone: examples/s, model
+  # TFLOP/s per device and MFU against this CPU's measured matmul rate.
+  assert set(report['thin_gwtn']['throughput']) == {'imitate', 'finetune'}
+  for key, row in report.items():
+    for stage, speed in row['throughput'].items():
+      assert {'examples_per_second', 'tflops_per_device', 'mfu'} <= set(speed), (key, stage)
+      assert speed['examples_per_second'] > 0 and 0 < speed['mfu'] < 1, (key, stage, speed)
+  assert report['wide']['throughput']['wide']['tflops_per_device'] > 0
 
   with open(os.path.join(workdir, 'report.json')) as f:
     assert json.load(f) == report
   with open(os.path.join(workdir, 'report.md')) as f:
     md = f.read()
   assert all(f'| {k} |' in md for k in KEYS)
+  assert '| thin_gwtn | imitate |' in md and 'model TFLOP/s per device | MFU |' in md
   with open(os.path.join(workdir, 'curves.png'), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   events = os.listdir(os.path.join(workdir, 'tensorboard', 'wide'))

@@ -57,3 +57,16 @@ def test_the_command_prints_the_plan_and_refuses_bad_input():
   assert done.returncode == 2
   assert done.stderr.strip().splitlines() == [
       'error: wide.batch_size=16 is not divisible by the 3 data-parallel devices (mesh data x fsdp)']
+
+
+def test_scanned_and_unrolled_layers_plan_the_same_model_flops():
+  plans = []
+  for scan in (True, False):
+    config = tiny_config('bert', stages=('wide', 'imitate'), **{'model.scan_layers': scan})
+    config.mesh.num_devices = 4
+    plans.append({p.stage: p.flops for p in plan.plan(config)})
+  assert plans[0].keys() == plans[1].keys() and all(v > 0 for v in plans[0].values())
+  for stage, flops in plans[0].items():
+    assert flops == plans[1][stage], stage
+  # A later imitation phase runs more of both networks.
+  assert plans[0]['imitate:layer_2'] > plans[0]['imitate:embeddings']

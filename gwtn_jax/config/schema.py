@@ -243,6 +243,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the batches the controls read first), so arm differences lose the data-order noise and
   # GWTN with no imitation is KD-only exactly. False: each stage its own order (the demos').
   config.shared_data_order = False
+  # One device's peak FLOP/s (in TFLOP/s) that the logs' MFU divides by. 0: the chip's data
+  # sheet (TPU v4, v5e, v5p, v6e; A100, H100, H200: `gwtn_jax.train.metrics.PEAK_FLOPS`), or on
+  # a CPU the host's measured float32 matmul rate.
+  config.peak_tflops = 0.0
 
   config.wide = stage_config()
   config.thin_scratch = stage_config(steps=-1)

@@ -33,6 +33,7 @@ class Task:
   curve_metric = 'accuracy'        # the eval metric the report's plot follows
   report_metrics: tuple[str, ...] = ('accuracy', 'loss')
   head: str | None = None          # the model's `head` argument, for the models that have one
+  tokens_per_example: int | None = None  # a text task's sequence length (for tokens/s)
 
   # --- Inputs ------------------------------------------------------------------------------
 
@@ -141,6 +142,12 @@ def _text_sample(seq_len: int) -> dict[str, np.ndarray]:
 
 class _Text:
   """What the BERT tasks share: their inputs and their padding."""
+
+  seq_len: int
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.seq_len
 
   def inputs(self, batch):
     return batch['input_ids'], batch['token_type_ids'], batch['attention_mask']

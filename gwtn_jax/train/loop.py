@@ -31,6 +31,7 @@ from gwtn_jax.methods import base
 from gwtn_jax.methods import tasks as tasks_lib
 from gwtn_jax.parallel import mesh as mesh_lib
 from gwtn_jax.train import checkpoint as checkpoint_lib
+from gwtn_jax.train import flops as flops_lib
 from gwtn_jax.train import layout
 from gwtn_jax.train import metrics as metrics_lib
 from gwtn_jax.train import optim
@@ -64,6 +65,7 @@ class StageSpec:
       ever saved) or 'skip' (the step is not applied, and is counted and reported).
     snapshot_steps: steps after which the produced network is also kept
       (`layout.output_dir(stage_dir, step)`), for a later stage that imitates it there.
+    peak_flops: one device's peak FLOP/s, for the MFU (0: none shown).
   """
   name: str
   method: base.Method
@@ -81,6 +83,7 @@ class StageSpec:
   checkpoint_timeout_s: float = 600.0
   on_nonfinite: str = 'stop'
   snapshot_steps: tuple[int, ...] = ()
+  peak_flops: float = 0.0
 
 
 @dataclasses.dataclass
@@ -95,6 +98,8 @@ class StageResult:
   model: nn.Module               # the produced network (for its FLOPs in the report)
   summary: Any = None            # what the method says of its result (JSON), e.g. DAN's widths
   snapshots: Mapping[int, Any] = dataclasses.field(default_factory=dict)  # step -> variables
+  # examples/s (tokens/s), model TFLOP/s per device and MFU of the stage's training.
+  throughput: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Method,
@@ -129,6 +134,26 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                  nonfinite_loss=~jnp.isfinite(loss), nonfinite_grads=~jnp.isfinite(grad_norm))
   return new_state, metrics
+
+
+def step_model_flops(method: base.Method, phase: base.Phase, tx: optax.GradientTransformation,
+                     rng: jax.Array, mesh: Mesh, rules, state, batch, teacher) -> float:
+  """The model FLOPs of one train step of the phase (`gwtn_jax.train.flops`: its matrix
+  products and convolutions, scanned layers counted per layer, frozen parts' gradients not
+  counted), traced as `jit_train_step` traces it; arrays or abstract ones."""
+  step = mesh_lib.under_rules(
+      functools.partial(_train_step, method=method, phase=phase, tx=tx, rng=rng), mesh, rules)
+  return flops_lib.count(step, state, batch, teacher)
+
+
+def _model_flops(progress, method, phase, tx, rng, mesh, rules, state, batch, teacher) -> float:
+  """`step_model_flops`, or 0 with a warning: a count that fails never stops a run."""
+  try:
+    return step_model_flops(method, phase, tx, rng, mesh, rules, state, batch, teacher)
+  except Exception as e:  # pylint: disable=broad-except
+    progress.message(f'warning: no model FLOPs for {phase.name} ({storage.one_line(e)}); '
+                     'TFLOP/s and MFU not shown')
+    return 0.0
 
 
 def jit_train_step(method: base.Method, phase: base.Phase, tx: optax.GradientTransformation,
@@ -285,7 +310,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                  for n in spec.snapshot_steps}
     return StageResult(spec.name, variables, done['metrics'], done['history'], done['steps'],
                        done['wall_s'], done['curve_metric'], spec.model, done.get('summary'),
-                       snapshots)
+                       snapshots, done.get('throughput', {}))
 
   tx, schedule = optim.make_optimizer(spec.optimizer, [p.steps for p in phases])
   rng = jax.random.key(spec.init_seed)
@@ -305,7 +330,9 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
   else:
     state = state_lib.create_state(method, tx, rng, sample, init, shardings)
   step = int(state.step)
-  progress = metrics_lib.Progress(spec.name, total_steps, step, spec.batch_size)
+  progress = metrics_lib.Progress(spec.name, total_steps, step, spec.batch_size,
+                                  tokens_per_example=spec.task.tokens_per_example,
+                                  num_devices=mesh.size, peak=spec.peak_flops)
   if restored is not None:
     progress.message(f'resuming at step {step}/{total_steps} from {checkpoints.directory}')
   check = _NonFiniteCheck(spec.name, spec.on_nonfinite, checkpoints, progress, skipped)
@@ -329,10 +356,18 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
       train_step = jit_train_step(method, phase, tx, rng, mesh, rules, shardings,
                                   teacher_shardings)
       unchecked, fetched = [], []
+      step_flops = None
       while step < phase_end:
         batch = mesh_lib.put_global_batch(next(batches), mesh)
+        first = step_flops is None
+        if first:
+          step_flops = _model_flops(progress, method, phase, tx, rng, mesh, rules, state,
+                                    batch, teacher)
         state, step_metrics = train_step(state, batch, teacher)
         step += 1
+        if first:  # the phase's compile is not training time
+          jax.block_until_ready(state.step)
+          progress.restart_clock(step)
         unchecked.append((step, step_metrics))
         save = step % spec.checkpoint_every == 0 or step == total_steps
         stop = preemption is not None and preemption.should_stop(step)
@@ -348,9 +383,11 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
           scalars['learning_rate'] = float(schedule(step - 1))
           writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
           shown = {k: scalars[k] for k in ('loss', 'accuracy') if k in scalars}
-          rate = progress.update(step, shown, phase.name if len(phases) > 1 else '')
-          writer.write_scalars(step, {'train/examples_per_second': rate})
-        if step % spec.eval_every == 0 or step == phase_end:
+          rates = progress.update(step, shown, phase.name if len(phases) > 1 else '',
+                                  step_flops=step_flops)
+          writer.write_scalars(step, {f'train/{k}': v for k, v in rates.items()})
+        evaluated = step % spec.eval_every == 0 or step == phase_end
+        if evaluated:
           last_metrics = evaluate(phase, state, teacher)
           history.append({'step': step, 'phase': phase.name, 'metrics': last_metrics})
           writer.write_scalars(step, {f'eval/{k}': v for k, v in last_metrics.items()})
@@ -362,6 +399,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
           checkpoint_lib.save_final(layout.output_dir(stage_dir, step), snapshots[step])
         if save or stop:
           checkpoints.save(step, state, meta())
+        if evaluated or snapshot or save:
+          progress.restart_clock(step)
         if stop and step < total_steps:
           checkpoints.wait()
           raise preemption_lib.StopRequested(
@@ -378,7 +417,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     _write_json(os.path.join(stage_dir, RESULT_FILE), {
         'name': spec.name, 'steps': total_steps, 'wall_s': wall_s, 'metrics': last_metrics,
         'history': history, 'curve_metric': method.curve_metric,
-        'skipped_steps': check.skipped, 'summary': summary})
+        'skipped_steps': check.skipped, 'summary': summary, 'throughput': progress.summary()})
   finally:
     checkpoints.close()
     writer.close()
@@ -386,4 +425,4 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                    ' '.join(f'{k} {v:.4g}' for k, v in last_metrics.items()) +
                    (f'; {check.skipped} non-finite steps skipped' if check.skipped else ''))
   return StageResult(spec.name, variables, last_metrics, history, total_steps, wall_s,
-                     method.curve_metric, spec.model, summary, snapshots)
+                     method.curve_metric, spec.model, summary, snapshots, progress.summary())
