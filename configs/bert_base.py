@@ -61,8 +61,10 @@ replicated 0.69 GiB of wide parameters and 1.37 GiB of Adam moments (and, in KD,
 fine-tuning, the teacher's 0.69 GiB) shrink to megabytes, and the gradient all-reduce becomes a
 reduce-scatter, which also lowers the temporaries; the headroom allows twice the per-chip batch
 on a v5e. Tensor parallelism is not needed at this size: with the batch split 128 ways instead
-of 256 each chip holds twice the activations (8.46 GiB). FLOPs per step are equal across
-presets (0.445 TFLOP per chip for the wide step).
+of 256 each chip holds twice the activations (8.46 GiB). Model FLOPs per step are equal
+across presets: 3.91 TFLOP per chip for the wide step and 3.54 for KD (`gwtn_jax.train.flops`,
+the scanned layers counted per layer, equal to the unrolled count; XLA's cost analysis, which
+counts a scan's body once, said 0.445).
 """
 
 import math
