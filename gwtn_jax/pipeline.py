@@ -35,6 +35,9 @@ from gwtn_jax.train import loop
 from gwtn_jax.train import metrics as metrics_lib
 from gwtn_jax.train import preemption as preemption_lib
 
+PROFILE_DIR = 'profile'  # WORKDIR/profile/<stage>/: the jax.profiler traces (profile_steps)
+
+
 def _stage_seed(seed: int, stage: str) -> int:
   """A data seed per (seed, stage), stable across runs and Python versions."""
   return int(np.random.SeedSequence([seed, *stage.encode()]).generate_state(1)[0] % (2**31))
@@ -56,7 +59,9 @@ def _spec(config, stage: str, name: str, method, model, task, init_seed: int, da
       eval_every=config_lib.stage_value(config, stage, 'eval_every'),
       checkpoint_every=config_lib.stage_value(config, stage, 'checkpoint_every'),
       keep_checkpoints=config.keep_checkpoints,
-      checkpoint_timeout_s=config.checkpoint_timeout_s, on_nonfinite=config.on_nonfinite)
+      checkpoint_timeout_s=config.checkpoint_timeout_s, on_nonfinite=config.on_nonfinite,
+      profile_steps=tuple(config.profile_steps)
+      if not config.profile_stages or stage in config.profile_stages else ())
 
 
 def _write_config(config, workdir: str) -> None:
@@ -114,7 +119,8 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   def stage_kwargs(name: str, data=exp.data) -> dict[str, Any]:
     return dict(data=data, mesh=exp.mesh, rules=exp.rules, preemption=preemption,
                 stage_dir=os.path.join(workdir, layout.STAGES_DIR, name),
-                writer_dir=os.path.join(workdir, 'tensorboard', name))
+                writer_dir=os.path.join(workdir, 'tensorboard', name),
+                profile_dir=os.path.join(workdir, PROFILE_DIR, name))
 
   with preemption:
     results = _run_stages(config, exp, stage_kwargs)

@@ -78,3 +78,32 @@ def test_one_and_eight_devices_agree(tmp_path):
   one, eight = (r['wide']['metrics'] for r in reports)
   assert one['loss'] == pytest.approx(eight['loss'], rel=1e-4)
   assert one['accuracy'] == pytest.approx(eight['accuracy'], abs=1e-6)
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  pipeline.run(tiny_config(stages=('wide', 'thin_scratch'), profile_steps=(2, 3),
+                           profile_stages=('wide',)), workdir)
+  runs = os.path.join(workdir, 'profile', 'wide', 'plugins', 'profile')
+  (run,) = os.listdir(runs)
+  names = os.listdir(os.path.join(runs, run))
+  assert any(n.endswith('.xplane.pb') for n in names), names
+  (trace,) = [n for n in names if n.endswith('.trace.json.gz')]
+  with gzip.open(os.path.join(runs, run, trace)) as f:
+    events = json.load(f)['traceEvents']
+  assert any('train_step' in str(e.get('name', '')) or 'jit' in str(e.get('name', ''))
+             for e in events), len(events)
+  # Only the stages asked for.
+  assert not os.path.exists(os.path.join(workdir, 'profile', 'seed0'))
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'profile_steps': (3, 2)}, r'profile_steps=\(3, 2\) must be \(\) or \(start, stop\)'),
+    ({'profile_steps': (0, 2)}, r'profile_steps=\(0, 2\)'),
+    ({'profile_stages': ('lit',)}, r"profile_stages: 'lit' is not one of the stages run"),
+])
+def test_bad_profile_settings_are_refused(overrides, match):
+  from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(tiny_config(**overrides), None, data=False)

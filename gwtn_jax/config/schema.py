@@ -247,6 +247,11 @@ def base_config() -> ml_collections.ConfigDict:
   # sheet (TPU v4, v5e, v5p, v6e; A100, H100, H200: `gwtn_jax.train.metrics.PEAK_FLOPS`), or on
   # a CPU the host's measured float32 matmul rate.
   config.peak_tflops = 0.0
+  # A jax.profiler trace (TensorBoard's profile plugin, Perfetto) of steps (start, stop),
+  # 1-based and inclusive, of every stage this invocation runs (or of `profile_stages` only),
+  # under WORKDIR/profile/<stage>/. () : no trace.
+  config.profile_steps = ()
+  config.profile_stages = ()
 
   config.wide = stage_config()
   config.thin_scratch = stage_config(steps=-1)

@@ -243,6 +243,15 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
     _check_teacher_step(config, stage, teacher_stage, stages, data)
 
   _check_finite(config)
+  profile = tuple(config.profile_steps)
+  _require(profile == () or (len(profile) == 2 and all(
+      isinstance(n, int) and not isinstance(n, bool) for n in profile)
+      and 1 <= profile[0] <= profile[1]),
+           f'profile_steps={profile} must be () or (start, stop) with 1 <= start <= stop')
+  for stage in config.profile_stages:
+    _require(stage in stages, f'profile_stages: {stage!r} is not one of the stages run '
+             f'{tuple(stages)}')
+  _require(config.peak_tflops >= 0, f'peak_tflops={config.peak_tflops} must be >= 0')
   seeds = tuple(config.seeds)
   _require(len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                   for s in seeds),

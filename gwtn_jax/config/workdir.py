@@ -20,10 +20,11 @@ from gwtn_jax.train import layout
 
 
 # Fields a rerun in the same workdir may change: how long stages run, how often they log, eval
-# and save, which seeds and stages to run, and how the work is laid out on devices and read from
-# disk (a checkpoint restores into another mesh). Anything else would mix two experiments in one
+# and save, what they measure (MFU's peak, profiler traces), which seeds and stages to run, and
+# how the work is laid out on devices and read from disk (a checkpoint restores into another mesh). Anything else would mix two experiments in one
 # workdir. Dotted names; a leading '*.' matches the field in every stage.
 RERUN_FIELDS = ('seeds', 'stages', 'log_every', 'eval_every', 'checkpoint_every',
+                'peak_tflops', 'profile_steps', 'profile_stages',
                 'keep_checkpoints', 'checkpoint_timeout_s', 'on_nonfinite', '*.steps', 'imitate.steps_per_point',
                 '*.eval_every', '*.checkpoint_every', 'data.read_threads', 'data.prefetch',
                 'mesh.*')

@@ -66,6 +66,8 @@ class StageSpec:
     snapshot_steps: steps after which the produced network is also kept
       (`layout.output_dir(stage_dir, step)`), for a later stage that imitates it there.
     peak_flops: one device's peak FLOP/s, for the MFU (0: none shown).
+    profile_steps: (start, stop): a `jax.profiler` trace of those steps (1-based, inclusive)
+      under `profile_dir` of `run_stage`; () none.
   """
   name: str
   method: base.Method
@@ -84,6 +86,7 @@ class StageSpec:
   on_nonfinite: str = 'stop'
   snapshot_steps: tuple[int, ...] = ()
   peak_flops: float = 0.0
+  profile_steps: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -271,7 +274,7 @@ class _Evaluator:
 
 
 def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, writer_dir: str,
-              teacher: Mapping[str, Any] | None = None,
+              profile_dir: str = '', teacher: Mapping[str, Any] | None = None,
               init: Mapping[str, Any] | None = None,
               preemption: preemption_lib.Preemption | None = None) -> StageResult:
   """Runs (or resumes, or just loads) one stage.
@@ -283,6 +286,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
     mesh: the device mesh; rules: the logical-axis rules.
     stage_dir: the stage's folder in the workdir.
     writer_dir: the stage's TensorBoard folder.
+    profile_dir: where `spec.profile_steps` are traced.
     teacher: the teacher's variables (already sharded), for methods that read one.
     init: variables of an earlier stage that the method starts from.
     preemption: asked after every step whether to save and stop (SIGTERM, SIGINT).
@@ -341,6 +345,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
   meta = lambda: {'history': history, 'wall_s': wall(), 'skipped_steps': check.skipped}
 
   writer = metrics_lib.MetricWriter(writer_dir)
+  profiler = metrics_lib.Profiler(profile_dir, spec.profile_steps if profile_dir else ())
   evaluate = _Evaluator(method, data, mesh, rules, spec.eval_batch_size, shardings, teacher_shardings)
   batches = data.train_batches(global_batch_size=spec.batch_size, seed=spec.data_seed,
                                start_step=step)
@@ -363,8 +368,10 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
         if first:
           step_flops = _model_flops(progress, method, phase, tx, rng, mesh, rules, state,
                                     batch, teacher)
+        profiler.before_step(step + 1)
         state, step_metrics = train_step(state, batch, teacher)
         step += 1
+        profiler.after_step(step, state)
         if first:  # the phase's compile is not training time
           jax.block_until_ready(state.step)
           progress.restart_clock(step)
@@ -419,6 +426,7 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
         'history': history, 'curve_metric': method.curve_metric,
         'skipped_steps': check.skipped, 'summary': summary, 'throughput': progress.summary()})
   finally:
+    profiler.stop()
     checkpoints.close()
     writer.close()
   progress.message(f'done: {total_steps} steps in {wall_s:.0f}s; ' +

@@ -125,6 +125,49 @@ def peak_flops(device, dtype: str, configured: float = 0.0) -> tuple[float, str]
   return 0.0, 'unknown'
 
 
+class Profiler:
+  """A `jax.profiler` trace of steps `start`..`stop` (1-based, inclusive) of a stage, under
+  `logdir` (TensorBoard's profile plugin and Perfetto read it: `plugins/profile/<run>/`).
+
+  A remote `logdir` (gs://) gets the files after the trace: jax writes them to a local
+  temporary folder, which is then uploaded through `gwtn_jax.storage`. `steps` () profiles
+  nothing.
+  """
+
+  def __init__(self, logdir: str, steps):
+    self._logdir = logdir
+    self._steps = tuple(steps)
+    self._local = None
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    """Called before step `step` (1-based) runs."""
+    if self._steps and step == self._steps[0] and not self.active:
+      self._local = tempfile.mkdtemp(prefix='gwtn_profile_') if storage.is_remote(
+          self._logdir) else self._logdir
+      jax.profiler.start_trace(self._local)
+      self.active = True
+
+  def after_step(self, step: int, state) -> None:
+    """Called after step `step` ran and returned `state`."""
+    if self.active and step >= self._steps[1]:
+      jax.block_until_ready(state)
+      self.stop()
+
+  def stop(self) -> None:
+    if not self.active:
+      return
+    jax.profiler.stop_trace()
+    self.active = False
+    if self._local != self._logdir:
+      for folder, _, names in os.walk(self._local):
+        for name in names:
+          source = os.path.join(folder, name)
+          storage.upload(source, os.path.join(self._logdir,
+                                              os.path.relpath(source, self._local)))
+      shutil.rmtree(self._local, ignore_errors=True)
+
+
 def _duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
