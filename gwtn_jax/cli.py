@@ -18,6 +18,19 @@ from typing import NoReturn
 from absl import flags
 
 
+def run(module: str, main, flags_parser) -> None:
+  """Runs `main` as absl does for `python -m <module>`, from a console script too
+  (`gwtn-train`): absl's `--help` shows the module docstring and the flags of `__main__`,
+  which for a console script is the generated launcher, so both are lent to it first."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  launcher = sys.modules['__main__']
+  if launcher is not sys.modules[module]:
+    launcher.__doc__ = launcher.__doc__ or sys.modules[module].__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main, flags_parser=flags_parser)
+
+
 def refuse(message: str) -> NoReturn:
   """Prints `error: message` (one line) and exits with status 2."""
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
@@ -87,6 +100,19 @@ def _message(error: BaseException, path: str) -> str:
   return text
 
 
+_HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
+def absl_parse(argv: list[str]) -> list[str]:
+  """`flags.FLAGS(argv)`, with `--help` an exit of status 0 (absl's is 1) after the usage."""
+  try:
+    return flags.FLAGS(argv)
+  except SystemExit:
+    if any(arg in _HELP for arg in argv[1:]):
+      sys.exit(0)
+    raise
+
+
 def parse_flags(argv: list[str], config_flag) -> list[str]:
   """absl's parser for a command whose `--config` is `config_flag`; refuses in one line.
 
@@ -102,7 +128,7 @@ def parse_flags(argv: list[str], config_flag) -> list[str]:
     refuse(f'--config: no such file {path}' if not os.path.isdir(path)
            else f'--config: {path} is a folder; give a config file (configs/*.py)')
   try:
-    rest = flags.FLAGS(argv)
+    rest = absl_parse(argv)
     # A config file is loaded lazily: a missing or broken one fails here.
     config_flag.value.to_dict()
   except Exception as e:  # pylint: disable=broad-except

@@ -39,7 +39,6 @@ import shlex
 import sys
 from typing import Any
 
-from absl import app
 from absl import flags
 
 from gwtn_jax import cli
@@ -312,11 +311,16 @@ def main(argv):
 def _parse_flags(argv):
   """absl's parsing, with a missing or bad flag refused in one line (exit status 2)."""
   try:
-    return flags.FLAGS(argv)
+    return cli.absl_parse(argv)
   except flags.Error as e:
     cli.refuse(f'{e}; see --helpshort')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console script (`gwtn-export`): the same as `python -m gwtn_jax.export`."""
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(__name__, main, _parse_flags)
+
+
+if __name__ == '__main__':
+  run()

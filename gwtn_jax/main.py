@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -83,5 +82,10 @@ def main(argv):
     os._exit(1)  # pylint: disable=protected-access
 
 
+def run() -> None:
+  """The console script (`gwtn-train`): the same as `python -m gwtn_jax.main`."""
+  cli.run(__name__, main, _parse_flags)
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  run()

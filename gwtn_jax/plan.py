@@ -25,7 +25,6 @@ import dataclasses
 import math
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -159,6 +158,11 @@ def main(argv):
   print(format_plans(plans, config, num_devices), flush=True)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console script (`gwtn-plan`): the same as `python -m gwtn_jax.plan`."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(__name__, main, _parse_flags)
+
+
+if __name__ == '__main__':
+  run()

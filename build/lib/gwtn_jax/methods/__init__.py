@@ -1,0 +1,1 @@
+"""Recipes: what is trained, the loss, what is frozen (one file per method)."""

@@ -1,0 +1,1 @@
+"""Mesh, logical-axis rules, shardings, multi-host start."""

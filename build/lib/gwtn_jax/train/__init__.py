@@ -1,0 +1,1 @@
+"""The one generic train loop: state, optimizer, jitted sharded steps, eval, checkpoints, metrics."""
