@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from gwtn_jax.config import schema as config_lib
 from gwtn_jax import data as data_lib
 from gwtn_jax.data import datasets
+from gwtn_jax.data import images
 from gwtn_jax.data import wordpiece
 from gwtn_jax import models
 from gwtn_jax import storage
@@ -79,7 +80,8 @@ def static_data_info(config) -> StaticInfo:
       vocab = len(wordpiece.read_vocab(d.vocab_file))
     return StaticInfo(vocab_size=vocab, seq_len=d.seq_len,
                       downstream_classes=config.model.num_classes or 2)
-  shape, classes = datasets.image_shape_and_classes(d)  # the one table of image datasets
+  # The one table of image datasets; any other dataset's tfds builder info.
+  shape, classes = datasets.image_shape_and_classes(d, images.tfds_image_info)
   return StaticInfo(image_shape=tuple(shape), num_classes=config.model.num_classes or classes)
 
 

@@ -23,7 +23,7 @@ def refused(config, workdir, match):
 
 BAD = [
     ({'model.name': 'resnet5'}, r"model.name='resnet5' is unknown; choose one of: .*resnet50"),
-    ({'data.name': 'mnist2'}, r"data.name='mnist2' is unknown"),
+    ({'data.name': 'mnist2'}, r"data.name='mnist2': the tfds dataset mnist2 is not prepared"),
     ({'thin_width': 0.3}, r'thin_width=0.3 gives .* channels'),
     ({'wide_width': 1.1}, r'wide_width=1.1 gives .* channels'),
     ({'imitate.layer_map': (0, 1, 2, 7)}, r'imitate.layer_map\[3\]=7 points outside the teacher'),

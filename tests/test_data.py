@@ -330,10 +330,14 @@ def test_truncated_and_mislabelled_idx_files_are_found_at_start_up(tmp_path):
 # Config errors.
 
 
-def test_unknown_name():
-  with pytest.raises(ValueError, match=r"data.name='foo' is unknown; choose one of: "
+def test_unknown_name(tmp_path):
+  # Any name the table lacks is a tfds dataset's: one that is not prepared is refused so.
+  with pytest.raises(ValueError, match=r"data.name='foo': the tfds dataset foo is not "
+                                       r'prepared in data.dir='):
+    check_data_config(data_config(name='foo', dir=str(tmp_path)))
+  with pytest.raises(ValueError, match=r"data.name='my data!' is neither one of "
                                        r'fashion_mnist_idx, fashion_mnist, cifar10'):
-    check_data_config(ml_collections.ConfigDict({'name': 'foo'}))
+    check_data_config(data_config(name='my data!'))
 
 
 def test_missing_idx_folder(tmp_path):

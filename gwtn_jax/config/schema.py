@@ -196,8 +196,21 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='',        # '' = the dataset's: 'test' ('validation' for imagenet2012)
       augment=True,
-      image_size=224,       # imagenet2012 only
+      # The side of the square crops of a dataset whose images vary in size (imagenet2012,
+      # oxford_flowers102, food101, ...); a dataset of one image shape keeps it.
+      image_size=224,
       **READING,
+      # tfds datasets (any name the table of gwtn_jax.data.datasets lacks is one): the image
+      # and the label (ClassLabel) features.
+      image_key='image',
+      label_key='label',
+      # Pixel statistics (per channel, 0..255) the images are normalized with: '' = the
+      # dataset's own (the table's, or the preset of its name), or a preset of
+      # gwtn_jax.data.datasets.STATS ('imagenet', 'cifar10', 'cifar100', 'fashion_mnist',
+      # 'mnist'); mean/std override both.
+      stats='',
+      mean=(),
+      std=(),
       # 'synthetic' only.
       synthetic_image_shape=(8, 8, 1),
       synthetic_num_classes=4,

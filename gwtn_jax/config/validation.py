@@ -314,7 +314,11 @@ def validate(config, workdir: str | None, data: bool = True) -> None:
     if data:
       _check_network_source(config, 'thin_init', thin, abstract(thin, networks.task))
   if not is_text(config) and config.model.num_classes:
-    classes = datasets.image_shape_and_classes(config.data)[1]
+    from gwtn_jax.data import images  # pylint: disable=g-import-not-at-top
+    try:
+      classes = datasets.image_shape_and_classes(config.data, images.tfds_image_info)[1]
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
     _require(config.model.num_classes >= classes,
              f'model.num_classes={config.model.num_classes} is below the {classes} classes of '
              f'data.name={config.data.name!r}; use 0 (the dataset\'s) or at least {classes}')

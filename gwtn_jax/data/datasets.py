@@ -45,7 +45,18 @@ class ImageDataset:
   crop_pad: int = 0
 
 
-_FASHION_MNIST_STATS = dict(mean=(0.2860 * 255,), std=(0.3530 * 255,))
+# Per-channel pixel statistics (0..255) of common training sets: `data.stats` names one, and a
+# tfds dataset of one of these names takes its own.
+STATS = {
+    'imagenet': ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    'cifar10': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
+                (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
+    'cifar100': ((0.5071 * 255, 0.4865 * 255, 0.4409 * 255),
+                 (0.2673 * 255, 0.2564 * 255, 0.2762 * 255)),
+    'fashion_mnist': ((0.2860 * 255,), (0.3530 * 255,)),
+    'mnist': ((0.1307 * 255,), (0.3081 * 255,)),
+}
+_FASHION_MNIST_STATS = dict(mean=STATS['fashion_mnist'][0], std=STATS['fashion_mnist'][1])
 
 # Fashion-MNIST's 28x28 images get a crop padding of 2 (shifts up to +-2 px, 7%): its objects
 # fill most of the frame.
@@ -56,32 +67,91 @@ IMAGE_DATASETS = {
     'fashion_mnist': ImageDataset('tfds', (28, 28, 1), 10, 'test', crop_pad=2,
                                   **_FASHION_MNIST_STATS),
     'cifar10': ImageDataset('tfds', (32, 32, 3), 10, 'test', crop_pad=4,
-                            mean=(0.4914 * 255, 0.4822 * 255, 0.4465 * 255),
-                            std=(0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
+                            mean=STATS['cifar10'][0], std=STATS['cifar10'][1]),
     'imagenet2012': ImageDataset('tfds', (), 1000, 'validation',
-                                 mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
-                                 std=(0.229 * 255, 0.224 * 255, 0.225 * 255)),
+                                 mean=STATS['imagenet'][0], std=STATS['imagenet'][1]),
     'synthetic': ImageDataset('synthetic', (), 0, 'test'),
 }
 
+# Any other `data.name` is a prepared tfds image classification dataset (cifar100,
+# oxford_flowers102, food101, one's own builder): its image shape, classes and splits come from
+# the builder's info when it is read; its eval split '' is 'test', else 'validation'.
+GENERIC_TFDS = ImageDataset('tfds', (), 0, '')
+
 
 def image_dataset(name) -> ImageDataset:
-  """The table's entry of `data.name`, or a one-line ValueError naming the choices."""
-  if name not in IMAGE_DATASETS:
-    raise ValueError(f'data.name={name!r} is unknown; choose one of: '
-                     + ', '.join(IMAGE_DATASETS))
-  return IMAGE_DATASETS[name]
+  """The table's entry of `data.name`; any other name is a tfds dataset (`GENERIC_TFDS`).
+
+  Raises:
+    ValueError: one line, for a name that cannot be a tfds dataset's.
+  """
+  if name in IMAGE_DATASETS:
+    return IMAGE_DATASETS[name]
+  if not isinstance(name, str) or not name or not name.replace('_', 'a').replace(
+      '/', 'a').replace(':', 'a').replace('.', 'a').isalnum():
+    raise ValueError(f'data.name={name!r} is neither one of {", ".join(IMAGE_DATASETS)} nor '
+                     'the name of a tfds dataset')
+  return GENERIC_TFDS
 
 
-def image_shape_and_classes(config) -> tuple[tuple[int, ...], int]:
+def pixel_stats(config, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per channel (0..255) that `config` (`config.data`) normalizes with:
+  `data.mean`/`data.std` if given, else the preset `data.stats`, else the dataset's own (the
+  table's entry, or the preset of its name).
+
+  Raises:
+    ValueError: one line naming the fields to set, for a dataset with no known statistics,
+      or statistics of another channel count.
+  """
+  name, mean, std, preset = config.name, tuple(config.mean), tuple(config.std), config.stats
+  if bool(mean) != bool(std):
+    raise ValueError(f'data.mean={mean} and data.std={std}: give both, or neither')
+  if not mean and preset:
+    if preset not in STATS:
+      raise ValueError(f'data.stats={preset!r} is unknown; choose one of: {", ".join(STATS)}, '
+                       'or give data.mean and data.std')
+    mean, std = STATS[preset]
+  if not mean:
+    entry = IMAGE_DATASETS.get(name)
+    if entry is not None and entry.mean:
+      mean, std = entry.mean, entry.std
+    elif name in STATS:
+      mean, std = STATS[name]
+    else:
+      raise ValueError(f'data.name={name!r} has no known pixel statistics: set data.stats (one '
+                       f'of {", ".join(STATS)}) or data.mean and data.std (per channel, 0..255)')
+  source = 'data.mean/data.std' if config.mean else f"data.stats={preset or name!r}"
+  if len(mean) != channels or len(std) != channels:
+    raise ValueError(f'{source} has {len(mean)} channels; the images of data.name={name!r} '
+                     f'have {channels}')
+  if any(v <= 0 for v in std):
+    raise ValueError(f'data.std={std} must be > 0')
+  return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def image_shape_and_classes(config, tfds_info=None) -> tuple[tuple[int, ...], int]:
   """The (H, W, C) images and the classes of `config` (`config.data`), from the table and the
-  config alone, without reading the data (for planning)."""
+  config alone, without reading the data (for planning).
+
+  Args:
+    config: `config.data`.
+    tfds_info: for a dataset the table lacks, a function (config) -> ((H, W, C) with None for
+      a varying side, classes) that reads its tfds builder's info (`images.tfds_image_info`).
+  """
   dataset = image_dataset(config.name)
   if config.name == 'imagenet2012':
     return (int(config.image_size), int(config.image_size), 3), dataset.num_classes
   if dataset.source == 'synthetic':
     return (tuple(int(d) for d in config.synthetic_image_shape),
             int(config.synthetic_num_classes))
+  if dataset is GENERIC_TFDS:
+    if tfds_info is None:
+      raise ValueError(f'data.name={config.name!r}: its shape and classes are in its tfds '
+                       'builder\'s info, which was not read')
+    shape, classes = tfds_info(config)
+    if None in shape[:2]:  # images of varying sizes are cropped to image_size
+      shape = (int(config.image_size), int(config.image_size), shape[2] or 3)
+    return tuple(int(d) for d in shape), int(classes)
   return dataset.image_shape, dataset.num_classes
 
 

@@ -70,12 +70,14 @@ class _TfdsSource:
   """
 
   def __init__(self, name: str, split: str, data_dir: str, limit: int,
-               image_shape: tuple[int, ...] | None):
+               image_shape: tuple[int, ...] | None, image_key: str = 'image',
+               label_key: str = 'label'):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     self._what = f'tfds {name} split {split!r}'
+    self._image_key, self._label_key = image_key, label_key
     self._source = tfds.data_source(
         name, split=split, data_dir=data_dir or None, download=False,
-        decoders={'image': tfds.decode.SkipDecoding()})
+        decoders={image_key: tfds.decode.SkipDecoding()})
     total = len(self._source)
     self.num_examples = min(total, limit) if limit else total
     self._image_shape = image_shape
@@ -90,8 +92,8 @@ class _TfdsSource:
           f'{self._what}: a feature of this dataset needs TensorFlow to decode, and '
           'TensorFlow is not installed; `pip install tensorflow-cpu`, or store the '
           'images as encoded Image or uint8 Tensor features') from e
-    labels = np.array([r['label'] for r in records], dtype=np.int64)
-    raws = [r['image'] for r in records]
+    labels = np.array([r[self._label_key] for r in records], dtype=np.int64)
+    raws = [r[self._image_key] for r in records]
     if self._image_shape is None:
       return raws, labels
     images = np.empty((len(raws),) + self._image_shape, np.uint8)

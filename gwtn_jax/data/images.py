@@ -5,10 +5,17 @@ Datasets (`config.data.name`):
 - 'fashion_mnist_idx': Fashion-MNIST (or MNIST) from a folder of the four standard IDX
   files, raw or .gz (`data.dir`; '' = /usr/share/datasets/fashion-mnist, from the Debian
   package `dataset-fashion-mnist`). Read whole into memory (55 MB); no network, no tfds.
-- 'fashion_mnist', 'cifar10', 'imagenet2012': prepared tfds datasets read through
-  `tfds.data_source` (array_record files; no TensorFlow needed). Images are read
+- 'fashion_mnist', 'cifar10', 'imagenet2012', and any other name: prepared tfds datasets
+  read through `tfds.data_source` (array_record files; no TensorFlow needed). Images are read
   undecoded (`tfds.decode.SkipDecoding`) and decoded here with PIL, so that JPEG eval
-  images can be decoded at reduced scale and no path needs TensorFlow.
+  images can be decoded at reduced scale and no path needs TensorFlow. A dataset the table
+  (`datasets.IMAGE_DATASETS`) lacks (cifar100, oxford_flowers102, food101, one's own builder)
+  takes its image shape, classes and splits from its builder's info, its features from
+  `data.image_key` and `data.label_key` (a ClassLabel), and its pixel statistics from
+  `data.stats` (a preset) or `data.mean`/`data.std` (`datasets.pixel_stats`). Images of one
+  fixed shape are used as stored (pad-crop-flip augmentation); images of varying sizes are
+  cropped to `data.image_size` square, as ImageNet's are (Inception crop for training, center
+  crop for eval).
 - 'synthetic': learnable random data made on the fly (see
   `image_sources._SyntheticSource`).
 
@@ -56,7 +63,6 @@ from gwtn_jax.data import sampling
 
 # The datasets (shapes, classes, eval splits, folders, statistics): `datasets.IMAGE_DATASETS`.
 NAMES = tuple(datasets.IMAGE_DATASETS)
-TFDS_NAMES = tuple(n for n in NAMES if datasets.IMAGE_DATASETS[n].source == 'tfds')
 
 # Salt of `augment.example_keys` for the augmentation (`image_sources._SYNTHETIC_SALT` is 2).
 _AUGMENT_SALT = 1
@@ -104,6 +110,11 @@ class _Options:
   synthetic_num_eval: int
   synthetic_noise: float
   synthetic_seed: int
+  image_key: str
+  label_key: str
+  stats: str
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
 
 
 # The fields of `config.data` read here; their defaults are the schema's
@@ -121,7 +132,7 @@ def _parse(config) -> _Options:
       name=name,
       dir=str(c['dir']) or dataset.default_dir,
       train_split=str(c['train_split']),
-      eval_split=str(c['eval_split']) or dataset.eval_split,
+      eval_split=str(c['eval_split']) or dataset.eval_split,  # generic tfds: see _tfds_builder
       augment=bool(c['augment']),
       image_size=int(c['image_size']),
       num_train_examples=int(c['num_train_examples']),
@@ -134,6 +145,11 @@ def _parse(config) -> _Options:
       synthetic_num_eval=int(c['synthetic_num_eval']),
       synthetic_noise=float(c['synthetic_noise']),
       synthetic_seed=int(c['synthetic_seed']),
+      image_key=str(c['image_key']),
+      label_key=str(c['label_key']),
+      stats=str(c['stats']),
+      mean=tuple(float(v) for v in c['mean']),
+      std=tuple(float(v) for v in c['std']),
   )
   for field in ('num_train_examples', 'num_eval_examples', 'read_threads', 'prefetch'):
     if getattr(opts, field) < 0:
@@ -217,15 +233,54 @@ def _probe_tfds_builder(opts: _Options):
         f'data.name={opts.name!r}: {builder.data_dir} holds {file_format} files, but '
         'tfds.data_source reads array_record; rebuild it with `tfds build '
         f'{opts.name} --data_dir=DIR --file_format=array_record`')
+  splits = sorted(builder.info.splits.keys())
   for field in ('train_split', 'eval_split'):
-    split = getattr(opts, field)
+    split = getattr(opts, field) or _default_eval_split(splits)
     try:
       builder.info.splits[split]
     except (KeyError, ValueError) as e:
       raise ValueError(
           f'data.{field}={split!r}: {opts.name} in {builder.data_dir} has the splits '
-          f'{sorted(builder.info.splits.keys())}') from e
+          f'{splits}') from e
+  features = builder.info.features
+  for field, kind in (('image_key', 'image'), ('label_key', 'label')):
+    key = getattr(opts, field)
+    if key not in features:
+      raise ValueError(f'data.{field}={key!r}: {opts.name} has no such feature; its features '
+                       f'are {sorted(features.keys())}; set data.{field} to its {kind}')
+  if not hasattr(features[opts.label_key], 'num_classes'):
+    raise ValueError(f'data.label_key={opts.label_key!r}: the feature of {opts.name} is '
+                     f'{type(features[opts.label_key]).__name__}, not a ClassLabel: not an '
+                     'image classification dataset')
+  shape = tuple(features[opts.image_key].shape)
+  if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3, None)):
+    raise ValueError(f'data.image_key={opts.image_key!r}: the feature of {opts.name} has '
+                     f'shape {shape}, not (H, W, C) images of 1 or 3 channels')
   return builder
+
+
+def _default_eval_split(splits: Sequence[str]) -> str:
+  """A tfds dataset's eval split when `data.eval_split` is '': 'test', else 'validation'."""
+  for name in ('test', 'validation'):
+    if name in splits:
+      return name
+  return 'test'
+
+
+def tfds_image_info(config) -> tuple[tuple[int | None, ...], int]:
+  """((H, W, C), classes) of a prepared tfds image dataset, from its builder's info (no
+  data read; None where its images vary). `datasets.image_shape_and_classes` reads it for a
+  dataset the table lacks.
+
+  Raises:
+    ValueError: as `check_data_config`.
+  """
+  opts = _parse(config)
+  features = _tfds_builder(opts).info.features
+  shape = tuple(features[opts.image_key].shape)
+  if len(shape) == 2:
+    shape += (1,)
+  return shape, int(features[opts.label_key].num_classes)
 
 
 def check_data_config(config) -> None:
@@ -241,8 +296,10 @@ def check_data_config(config) -> None:
   opts = _parse(config)
   if opts.name == 'fashion_mnist_idx':
     _check_idx(opts)
-  elif opts.name in TFDS_NAMES:
+  elif datasets.image_dataset(opts.name).source == 'tfds':
     _tfds_builder(opts)
+    shape, _ = datasets.image_shape_and_classes(config, tfds_image_info)
+    datasets.pixel_stats(config, shape[2])
 
 
 # ----------------------------------------------------------------------------------
@@ -358,24 +415,26 @@ def _crop_flip(pad: int) -> Transform:
   return lambda images, keys: aug.pad_crop_flip(images, keys, pad)
 
 
-def _imagenet_train(size: int) -> Transform:
+def _imagenet_train(size: int, channels: int = 3) -> Transform:
+  """Inception crop and flip to size x size (images of varying sizes, for training)."""
   def transform(raws, keys):
-    out = np.empty((len(raws), size, size, 3), np.uint8)
+    out = np.empty((len(raws), size, size, channels), np.uint8)
     for i, (raw, key) in enumerate(zip(raws, keys)):
-      out[i] = aug.inception_crop(aug.decode_image(raw, 3),
+      out[i] = aug.inception_crop(aug.decode_image(raw, channels),
                                   np.random.default_rng(int(key)), size)
     return out
   return transform
 
 
-def _imagenet_eval(size: int) -> Callable[[Any], np.ndarray]:
+def _imagenet_eval(size: int, channels: int = 3) -> Callable[[Any], np.ndarray]:
+  """The central crop of the image resized to size / 0.875 (images of varying sizes)."""
   min_side = math.ceil(size / aug.EVAL_CROP_FRACTION)
 
   def transform(raws, keys=None):
     del keys
-    out = np.empty((len(raws), size, size, 3), np.uint8)
+    out = np.empty((len(raws), size, size, channels), np.uint8)
     for i, raw in enumerate(raws):
-      out[i] = aug.center_crop(aug.decode_image(raw, 3, min_side=min_side), size)
+      out[i] = aug.center_crop(aug.decode_image(raw, channels, min_side=min_side), size)
     return out
   return transform
 
@@ -388,7 +447,8 @@ def build_image_data(config, *, process_index: int = 0,
     config: `config.data`, an ml_collections ConfigDict with the fields below (every one
       is needed; `gwtn_jax.config.schema.base_config` gives their defaults)
       name: 'fashion_mnist_idx' | 'fashion_mnist' | 'cifar10' | 'imagenet2012' |
-        'synthetic' (`datasets.IMAGE_DATASETS`).
+        'synthetic' (`datasets.IMAGE_DATASETS`), or the name of any prepared tfds image
+        classification dataset.
       dir: the IDX folder for 'fashion_mnist_idx' ('' = /usr/share/datasets/
         fashion-mnist); the tfds data_dir for tfds names ('' = tfds default).
       train_split, eval_split: the splits; eval_split '' = the dataset's own ('test';
@@ -397,7 +457,10 @@ def build_image_data(config, *, process_index: int = 0,
         of 4 px (CIFAR-10), 2 px (Fashion-MNIST) or min(H, W) // 8 px (synthetic);
         Inception crop + flip (ImageNet; without augment, training uses the eval
         center crop).
-      image_size: ImageNet output side; ignored for the others.
+      image_size: the side of the square crops of images of varying sizes (ImageNet, and
+        any tfds dataset whose image feature has no fixed shape); ignored for the others.
+      image_key, label_key: a tfds dataset's image and ClassLabel features.
+      stats, mean, std: the pixel statistics (`datasets.pixel_stats`).
       num_train_examples, num_eval_examples: use only the first N examples of the
         split (0 = all).
       read_threads: threads building batches in parallel.
@@ -419,6 +482,7 @@ def build_image_data(config, *, process_index: int = 0,
   check_data_config(config)
   opts = _parse(config)
   name = opts.name
+  cropped = False  # images of varying sizes, cropped to image_size
   if name == 'synthetic':
     shape = opts.synthetic_image_shape
     make = lambda n, split_id: image_sources._SyntheticSource(  # pylint: disable=g-long-lambda
@@ -437,27 +501,30 @@ def build_image_data(config, *, process_index: int = 0,
         folder, opts.eval_split, opts.num_eval_examples))
     shape = train.images.shape[1:]
     num_classes = datasets.IMAGE_DATASETS[name].num_classes
-    mean_std = datasets.IMAGE_DATASETS[name].mean, datasets.IMAGE_DATASETS[name].std
+    mean_std = datasets.pixel_stats(config, shape[2])
   else:
     builder = _tfds_builder(opts)
-    num_classes = builder.info.features['label'].num_classes
-    if name == 'imagenet2012':
-      shape, fixed = (opts.image_size, opts.image_size, 3), None
+    stored, num_classes = tfds_image_info(config)
+    cropped = name == 'imagenet2012' or None in stored[:2]
+    channels = stored[2] or 3
+    if cropped:
+      shape, fixed = (opts.image_size, opts.image_size, channels), None
     else:
-      shape = fixed = tuple(builder.info.features['image'].shape)
-    train = image_sources._TfdsSource(name, opts.train_split, opts.dir,
-                                      opts.num_train_examples, fixed)
-    evals = image_sources._TfdsSource(name, opts.eval_split, opts.dir,
-                                      opts.num_eval_examples, fixed)
-    mean_std = datasets.IMAGE_DATASETS[name].mean, datasets.IMAGE_DATASETS[name].std
+      shape = fixed = tuple(int(d) for d in stored)
+    eval_split = opts.eval_split or _default_eval_split(list(builder.info.splits.keys()))
+    read = lambda split, limit: image_sources._TfdsSource(  # pylint: disable=g-long-lambda
+        name, split, opts.dir, limit, fixed, opts.image_key, opts.label_key)
+    train = read(opts.train_split, opts.num_train_examples)
+    evals = read(eval_split, opts.num_eval_examples)
+    mean_std = datasets.pixel_stats(config, shape[2])
 
-  if name == 'imagenet2012':
-    eval_transform = _imagenet_eval(opts.image_size)
-    train_transform = (_imagenet_train(opts.image_size) if opts.augment
+  if cropped:
+    eval_transform = _imagenet_eval(opts.image_size, shape[2])
+    train_transform = (_imagenet_train(opts.image_size, shape[2]) if opts.augment
                        else eval_transform)
   else:
     eval_transform = _identity
-    pad = datasets.IMAGE_DATASETS[name].crop_pad or max(1, min(shape[:2]) // 8)
+    pad = datasets.image_dataset(name).crop_pad or max(1, min(shape[:2]) // 8)
     train_transform = _crop_flip(pad) if opts.augment else _identity
   for split, source in (('train', train), ('eval', evals)):
     if source.num_examples == 0:
