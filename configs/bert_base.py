@@ -43,8 +43,14 @@ Values and where they come from:
 - `:mesh=PRESET` picks another mesh preset (`data`, `fsdp`, `fsdp_tensor`; combine:
   `:devices=256,mesh=data`).
 - `:devices=N` keeps the paper's 256M training sequences but on a global batch of 32 per
-  device (steps = 256M / batch), the LR scaled by sqrt(batch / 256) (ours: Adam at large
-  batch; LAMB is not implemented) and warm-up at 1% of the steps.
+  device (steps = 256M / batch). Above Devlin et al.'s 256 sequences it trains with LAMB (You
+  et al., 2020, the optimizer of large-batch BERT pre-training; the trust ratio per layer,
+  each scanned layer its own), in the recipe NVIDIA's DeepLearningExamples publish for its
+  phase 1 (sequences of 128): LR 6e-3 at a batch of 65,536, b1 0.9, b2 0.999, eps 1e-6,
+  weight decay 0.01, 28.43% of the steps warm-up, then decay to 0 (ours: linear, as Devlin
+  et al.'s). At other batch sizes the LR follows the square-root rule from that point
+  (You et al.): 6e-3 * sqrt(batch / 65,536), 2.1e-3 at 8,192. Stage 2's phases keep AdamW at
+  1e-4 (the LR scaled by sqrt(batch / 256)): they are short and restart per point.
 
 Mesh for a 256-chip slice: FSDP (`fsdp` preset: every parameter and Adam moment split 256 ways).
 `python -m gwtn_jax.plan --config=configs/bert_base.py:devices=256,mesh=PRESET --devices=256`
@@ -78,9 +84,14 @@ SST2_TRAIN = 67_349
 MESH_PRESET = 'fsdp'  # chosen with gwtn_jax.plan at 256 chips; see the docstring
 
 
-def _adamw(lr: float, warmup: int, schedule: str = 'linear'):
+# LAMB at scale (NVIDIA DeepLearningExamples, BERT pre-training phase 1): LR at this batch,
+# and the warm-up fraction.
+LAMB_BATCH, LAMB_LR, LAMB_WARMUP = 65_536, 6e-3, 0.2843
+
+
+def _adamw(lr: float, warmup: int, schedule: str = 'linear', name: str = 'adamw'):
   return config_lib.optimizer_config(
-      name='adamw', learning_rate=lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+      name=name, learning_rate=lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
       weight_decay_on='kernels', schedule=schedule, warmup_steps=warmup)
 
 
@@ -117,10 +128,18 @@ def get_config(arg: str = ''):
   config.eval_every = 10_000
   config.checkpoint_every = 5_000
 
+  def full_length(stage_steps: int):
+    """The optimizer of a stage of about the whole schedule: Devlin et al.'s AdamW, or LAMB
+    above their batch."""
+    if batch == PAPER_BATCH:
+      return _adamw(1e-4, warmup)
+    return _adamw(LAMB_LR * math.sqrt(batch / LAMB_BATCH), math.ceil(LAMB_WARMUP * stage_steps),
+                  name='lamb')
+
   config.wide.steps = steps
-  config.wide.optimizer = _adamw(1e-4 * lr_scale, warmup)
-  config.thin_scratch.optimizer = _adamw(1e-4 * lr_scale, warmup)
-  config.thin_kd.optimizer = _adamw(1e-4 * lr_scale, warmup)
+  config.wide.optimizer = full_length(steps)
+  config.thin_scratch.optimizer = full_length(steps)
+  config.thin_kd.optimizer = full_length(steps)
   config.thin_kd.alpha = 0.5
   config.thin_kd.temperature = 1.0
   config.imitate.granularity = 'block'
@@ -130,7 +149,7 @@ def get_config(arg: str = ''):
   config.probe.steps = max(1, round(steps / 100))
   config.probe.optimizer = _adamw(1e-4 * lr_scale, 0)
   config.finetune.steps = steps - 13 * config.imitate.steps_per_point
-  config.finetune.optimizer = _adamw(1e-4 * lr_scale, warmup)
+  config.finetune.optimizer = full_length(config.finetune.steps)
   config.finetune.alpha = 0.5
   config.finetune.temperature = 1.0
 

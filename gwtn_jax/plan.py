@@ -73,7 +73,7 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import loop  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   exp = builders.build_experiment(config, static=True)
@@ -92,8 +92,8 @@ def plan(config, all_phases: bool = False) -> list[StagePlan]:
     batch_size = config_lib.stage_value(config, stage, 'batch_size')
     batch = abstract_batch(task, batch_size)
     phases = list(method.phases())
-    tx, _ = optim.make_optimizer(config[stage].optimizer, [p.steps for p in phases])
     rng = jax.random.key(0)
+    tx, _ = loop.make_optimizer(method, config[stage].optimizer, rng, task.sample_batch())
     state, shardings = state_lib.abstract_state(method, tx, rng, task.sample_batch(), None,
                                                 mesh, rules)
     uses_teacher = registry.get(stage).teacher

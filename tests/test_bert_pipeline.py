@@ -2,6 +2,7 @@
 downstream task for every network, the report; the MLM task itself; the BERT configs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -240,6 +241,13 @@ def test_bert_configs_build(name):
   if arg == 'devices=256':
     assert config.batch_size == 8192
     assert config.batch_size * config.wide.steps >= 256 * 1_000_000
+    # LAMB at the pod's batch: NVIDIA's 6e-3 at 65,536, by the square-root rule.
+    for stage in ('wide', 'thin_scratch', 'thin_kd', 'finetune'):
+      assert config[stage].optimizer.name == 'lamb', stage
+    assert config.wide.optimizer.learning_rate == pytest.approx(6e-3 * (8192 / 65536) ** 0.5)
+    assert config.wide.optimizer.warmup_steps == math.ceil(0.2843 * config.wide.steps)
+  elif 'smoke' not in arg:
+    assert config.wide.optimizer.name == 'adamw'
   if name == 'configs/bert_base.py':
     # BERT-Base thin, the wide one 4/3 as wide: hidden 1024, 16 heads, FFN 4096.
     wide = models.get_bert('bert_base', vocab_size=100, width_multiplier=config.wide_width)

@@ -71,6 +71,52 @@ def test_weight_decay_masks(name):
 
 def test_unknown_names():
   with pytest.raises(ValueError, match='optimizer.name'):
-    optim.make_optimizer(opt(name='lamb'), 10)
+    optim.make_optimizer(opt(name='lars'), 10)
   with pytest.raises(ValueError, match='optimizer.schedule'):
     optim.make_schedule(opt(schedule='exponential'), 10)
+
+
+def test_lamb_scales_each_layer_and_each_scanned_slice_by_its_trust_ratio():
+  config = opt(name='lamb', learning_rate=0.1, schedule='constant', weight_decay=0.0)
+  rng = np.random.default_rng(0)
+  stacked_w = jnp.asarray(rng.standard_normal((2, 3, 4)) * np.array([1.0, 5.0])[:, None, None],
+                          jnp.float32)
+  grads_w = jnp.asarray(rng.standard_normal((2, 3, 4)), jnp.float32)
+  bias, grad_b = jnp.ones((4,)) * 2.0, jnp.asarray(rng.standard_normal(4), jnp.float32)
+  # Scanned: one leaf stacking two layers; unrolled: the same two layers as leaves.
+  scanned = {'w': stacked_w, 'b': bias}
+  tx, _ = optim.make_optimizer(config, 10, stacked={'w': True, 'b': False})
+  updates, _ = tx.update({'w': grads_w, 'b': grad_b}, tx.init(scanned), scanned)
+  unrolled = {'w0': stacked_w[0], 'w1': stacked_w[1], 'b': bias}
+  tx2, _ = optim.make_optimizer(config, 10)
+  expected, _ = tx2.update({'w0': grads_w[0], 'w1': grads_w[1], 'b': grad_b},
+                           tx2.init(unrolled), unrolled)
+  np.testing.assert_allclose(updates['w'][0], expected['w0'], rtol=1e-5)
+  np.testing.assert_allclose(updates['w'][1], expected['w1'], rtol=1e-5)
+  np.testing.assert_allclose(updates['b'], expected['b'], rtol=1e-5)
+  # Each layer's step is lr * ||param||: Adam's first update is sign-like, then rescaled.
+  for name in ('w0', 'w1', 'b'):
+    np.testing.assert_allclose(np.linalg.norm(expected[name]),
+                               0.1 * np.linalg.norm(unrolled[name]), rtol=1e-4)
+  # Without the per-slice flags the two layers would share one ratio: another update.
+  tx3, _ = optim.make_optimizer(config, 10)
+  shared, _ = tx3.update({'w': grads_w, 'b': grad_b}, tx3.init(scanned), scanned)
+  assert not np.allclose(shared['w'][0], updates['w'][0], rtol=1e-3)
+
+
+def test_the_loop_finds_the_stacked_layers_of_a_scanned_bert():
+  from gwtn_jax import models  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods import tasks  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods.supervised import Supervised  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  task = tasks.MaskedLM(seq_len=8, max_predictions=2)
+  for scan in (True, False):
+    model = models.get_bert('bert_tiny', vocab_size=50, scan_layers=scan)
+    method = Supervised(model, task, 4)
+    flags = state_lib.stacked_layers(method, jax.random.key(0), task.sample_batch(), None)
+    on = {jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_leaves_with_path(flags) if v}
+    assert bool(on) == scan and all("['encoder']" in p for p in on), on
+    tx, _ = loop.make_optimizer(method, opt(name='lamb', learning_rate=1e-3), jax.random.key(0),
+                                task.sample_batch())
+    assert tx is not None

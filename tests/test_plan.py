@@ -70,3 +70,15 @@ def test_scanned_and_unrolled_layers_plan_the_same_model_flops():
     assert flops == plans[1][stage], stage
   # A later imitation phase runs more of both networks.
   assert plans[0]['imitate:layer_2'] > plans[0]['imitate:embeddings']
+
+
+def test_lamb_is_planned_like_adam():
+  sizes = {}
+  for name in ('adamw', 'lamb'):
+    config = tiny_config('bert', stages=('wide',), **{'model.scan_layers': True})
+    config.wide.optimizer = config_lib.optimizer_config(name=name, learning_rate=1e-3)
+    config.mesh.num_devices = 2
+    (p,) = plan.plan(config)
+    sizes[name] = (p.params, p.opt_state, p.flops)
+  # The same moments (the trust ratio keeps no state) and the same products.
+  assert sizes['lamb'] == sizes['adamw']

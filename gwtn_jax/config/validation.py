@@ -74,7 +74,8 @@ def _check_finite(config, prefix: str = '') -> None:
 # set away from its default where nothing reads it is refused: it would be silently ignored.
 _OPTIMIZER_FIELDS = (
     ('momentum', ('sgd',), 'name'), ('nesterov', ('sgd',), 'name'),
-    ('b1', ('adamw',), 'name'), ('b2', ('adamw',), 'name'), ('eps', ('adamw',), 'name'),
+    ('b1', ('adamw', 'lamb'), 'name'), ('b2', ('adamw', 'lamb'), 'name'),
+    ('eps', ('adamw', 'lamb'), 'name'),
     ('weight_decay_on', None, None),
     ('final_lr_fraction', ('cosine', 'linear'), 'schedule'),
     ('decay_boundaries', ('step',), 'schedule'), ('decay_factor', ('step',), 'schedule'),

@@ -139,6 +139,15 @@ def _train_step(state: state_lib.TrainState, batch, teacher, *, method: base.Met
   return new_state, metrics
 
 
+def make_optimizer(method: base.Method, optimizer, rng: jax.Array, sample, init=None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The stage's optimizer over its phases (`optim.make_optimizer`); LAMB learns which
+  parameter leaves stack layers from the method's (abstract) variables."""
+  stacked = (state_lib.stacked_layers(method, rng, sample, init)
+             if optimizer.name == 'lamb' else None)
+  return optim.make_optimizer(optimizer, [p.steps for p in method.phases()], stacked)
+
+
 def step_model_flops(method: base.Method, phase: base.Phase, tx: optax.GradientTransformation,
                      rng: jax.Array, mesh: Mesh, rules, state, batch, teacher) -> float:
   """The model FLOPs of one train step of the phase (`gwtn_jax.train.flops`: its matrix
@@ -316,8 +325,8 @@ def run_stage(spec: StageSpec, *, data, mesh: Mesh, rules, stage_dir: str, write
                        done['wall_s'], done['curve_metric'], spec.model, done.get('summary'),
                        snapshots, done.get('throughput', {}))
 
-  tx, schedule = optim.make_optimizer(spec.optimizer, [p.steps for p in phases])
   rng = jax.random.key(spec.init_seed)
+  tx, schedule = make_optimizer(method, spec.optimizer, rng, sample, init)
   abstract, shardings = state_lib.abstract_state(method, tx, rng, sample, init, mesh, rules)
   teacher_shardings = None if teacher is None else jax.tree.map(lambda x: x.sharding, teacher)
 

@@ -1,12 +1,15 @@
 """Optimizers and learning-rate schedules built from a stage's `optimizer` config.
 
 Fields of an optimizer config (see `gwtn_jax.config_lib.optimizer_config`):
-  name: 'sgd' (with momentum, optionally Nesterov) | 'adamw'
+  name: 'sgd' (with momentum, optionally Nesterov) | 'adamw' | 'lamb' (You et al., 2020:
+    AdamW's update, then scaled per layer by ||param|| / ||update||; the large-batch BERT
+    optimizer)
   learning_rate: peak learning rate
   momentum, nesterov: SGD only
-  b1, b2, eps: AdamW only
+  b1, b2, eps: AdamW and LAMB
   weight_decay: SGD adds `weight_decay * param` to the gradient (PyTorch's coupled L2, as in
-    the ResNet papers); AdamW decouples it (Loshchilov and Hutter)
+    the ResNet papers); AdamW and LAMB decouple it (Loshchilov and Hutter; in LAMB it is part
+    of the update the trust ratio scales)
   weight_decay_on: 'all' | 'kernels' (matrices and conv kernels only; biases, BatchNorm and
     LayerNorm parameters are not decayed)
   schedule: 'constant' | 'cosine' (to `final_lr_fraction` * peak) | 'linear' (to
@@ -25,10 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
-OPTIMIZERS = ('sgd', 'adamw')
+OPTIMIZERS = ('sgd', 'adamw', 'lamb')
 SCHEDULES = ('constant', 'cosine', 'linear', 'step')
 
 
@@ -72,10 +76,41 @@ def _decay_mask(config, params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config, steps: int | Sequence[int]
+def scale_by_layer_trust_ratio(stacked: Any = None) -> optax.GradientTransformation:
+  """LAMB's layerwise trust ratio: each layer's update times ||param|| / ||update|| (1 where
+  either is 0). A layer is a parameter leaf, or, where `stacked` (a tree of bools like the
+  parameters, or None: no leaf) marks a leaf whose leading axis stacks layers (a scanned
+  BERT's), each slice along that axis: what the unrolled network's layers would get."""
+
+  def update(updates, state, params):
+    if params is None:
+      raise ValueError('scale_by_layer_trust_ratio needs the parameters')
+    flags = stacked if stacked is not None else jax.tree.map(lambda _: False, params)
+
+    def scale(u, p, per_slice):
+      axes = tuple(range(1, u.ndim)) if per_slice and u.ndim > 1 else None
+      norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes,
+                                        keepdims=axes is not None))
+      p_norm, u_norm = norm(p), norm(u)
+      ratio = jnp.where((p_norm > 0) & (u_norm > 0), p_norm / jnp.maximum(u_norm, 1e-30), 1.0)
+      return (u * ratio).astype(u.dtype)
+
+    return jax.tree.map(scale, updates, params, flags), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(config, steps: int | Sequence[int], stacked: Any = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns the optimizer and its schedule (`make_schedule`; the loop logs the learning rate
-  from it)."""
+  from it).
+
+  Args:
+    config: the optimizer config.
+    steps: as `make_schedule`.
+    stacked: LAMB only: which parameter leaves stack layers on their leading axis
+      (`state.stacked_layers`), so that each layer gets its own trust ratio.
+  """
   schedule = make_schedule(config, steps)
   parts = []
   if config.grad_clip_norm:
@@ -89,6 +124,12 @@ def make_optimizer(config, steps: int | Sequence[int]
     parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                              weight_decay=config.weight_decay,
                              mask=lambda p: _decay_mask(config, p)))
+  elif config.name == 'lamb':
+    parts += [optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+              optax.add_decayed_weights(config.weight_decay,
+                                        mask=lambda p: _decay_mask(config, p)),
+              scale_by_layer_trust_ratio(stacked),
+              optax.scale_by_learning_rate(schedule)]
   else:
     raise ValueError(f'optimizer.name={config.name!r} is unknown; choose one of {OPTIMIZERS}')
   return optax.chain(*parts), schedule

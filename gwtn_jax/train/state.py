@@ -39,6 +39,16 @@ def _init_state(method, tx: optax.GradientTransformation, rng, batch, init):
                     opt_state=tx.init(params))
 
 
+def stacked_layers(method, rng, batch, init) -> Any:
+  """A tree like the method's parameters: True where a leaf stacks layers on its leading axis
+  (its first logical axis is 'layers': a scanned BERT's encoder), for LAMB's per-layer trust
+  ratio (`optim.make_optimizer`). Shapes only; nothing is computed."""
+  boxed = jax.eval_shape(lambda r, b, i: method.init(r, b, i), rng, batch, init)['params']
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: is_box(x) and tuple(getattr(x, 'names', ()))[:1] == ('layers',),
+                      boxed, is_leaf=is_box)
+
+
 def abstract_state(method, tx, rng, batch, init, mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
   """Shapes and shardings of the state, without computing anything.
 
