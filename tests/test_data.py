@@ -6,7 +6,6 @@ import gzip
 import os
 import struct
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
