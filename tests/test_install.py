@@ -3,6 +3,7 @@
 import email.parser
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -15,9 +16,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):
+  # Built from a copy of what a clean clone holds, so that setuptools' build/ stays out of
+  # the repository.
+  source = str(tmp_path_factory.mktemp('source') / 'gwtn_jax')
+  tracked = subprocess.run(['git', 'ls-files'], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+  for name in (n for n in tracked if os.path.isfile(os.path.join(REPO, n))):
+    os.makedirs(os.path.dirname(os.path.join(source, name)), exist_ok=True)
+    shutil.copy2(os.path.join(REPO, name), os.path.join(source, name))
   dist = str(tmp_path_factory.mktemp('dist'))
   done = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                         '-q', '-w', dist, REPO], capture_output=True, text=True, timeout=300)
+                         '-q', '-w', dist, source], capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   (name,) = [n for n in os.listdir(dist) if n.endswith('.whl')]
   return os.path.join(dist, name)

@@ -1,1 +1,0 @@
-"""Recipes: what is trained, the loss, what is frozen (one file per method)."""

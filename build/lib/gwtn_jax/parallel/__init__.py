@@ -1,1 +1,0 @@
-"""Mesh, logical-axis rules, shardings, multi-host start."""

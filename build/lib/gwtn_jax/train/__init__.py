@@ -1,1 +1,0 @@
-"""The one generic train loop: state, optimizer, jitted sharded steps, eval, checkpoints, metrics."""
