@@ -26,8 +26,18 @@ deeper the network, with its imitation far from converged at 50 and 25 steps per
   450          85.06 +-0.31  84.16 +-0.67  84.13 +-0.78  80.42 +-4.98
 
 More imitation closes most of GWTN's gap (level with KD at 450), never past scratch.
+`:variants` (depth 32, the depth study's budget, shared_data_order; 66 min here beside other
+runs), GWTN accuracy % over seeds 0, 1, 2 (scratch 78.98 +-1.70 and KD 76.53 +-0.83 in
+every row):
+
+  paper's recipe (default)     71.58 +-5.23     lower layers at 0.1x   71.71 +-3.24
+  warmup per phase (10 of 50)  71.58 +-0.62     normalized MSE         67.95 +-3.49
+  merged linear pairs          14.66 +-6.59     teacher at half steps  74.80 +-2.47
+
+No variant beats the default beyond seed spread; the merged pairs collapse (README).
 `:smoke` runs two depths on a slice of the data in a few minutes; `:budget` runs the
-imitation-budget ladder at depth 32 instead of the depth sweep; `:deep` adds depth 64.
+imitation-budget ladder at depth 32 instead of the depth sweep; `:deep` adds depth 64;
+`:variants` the recipe variants at depth 32.
 
 What it runs: for each depth, the wide MLP once (seed 0) and, for seeds 0, 1, 2, the thin MLP
 from scratch, by KD alone, and by GWTN (layerwise imitation bottom to top, then fine-tuning

@@ -8,7 +8,13 @@ Commands (from the repository root, after the README's set-up):
 
 Hardware: the 2-core CPU machine this project is developed on (no accelerator).
 Expected time and result: see the README, "When does GWTN pay?" (the measured tables, and
-which depths fitted in a session here). `:smoke` runs depths 8 and 20 on a slice of the data;
+which depths fitted in a session here). `:plain`, measured (accuracy %, seed 0; 1 h 02 min
+for the first two depths here, beside other runs):
+
+  plain       scratch  KD     GWTN   probe  wide
+  ResNet-20   80.35    80.53  73.94  47.48  84.08
+  ResNet-56   62.81    53.16  50.37  21.01  62.62
+  ResNet-110  stopped: its wide network still at chance (10.3%) at 300 of its 600 steps `:smoke` runs depths 8 and 20 on a slice of the data;
 `:variants` runs the recipe variants on the plain ResNet-20, 3 seeds (`VARIANTS` below).
 
 What it runs: for each depth, the wide ResNet once (seed 0) and the thin ResNet from scratch,
