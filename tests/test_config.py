@@ -36,7 +36,7 @@ BAD = [
     ({'stages': ('wide', 'pretrain')}, r"'pretrain' is unknown"),
     ({'stages': ('thin_kd',)}, r'teacher_dir is empty'),
     ({'stages': ('thin_kd',), 'teacher_dir': '/nonexistent/wide'}, r'teacher_dir=/nonexistent/wide'),
-    ({'wide.optimizer.name': 'lamb'}, r"wide.optimizer.name='lamb' is unknown"),
+    ({'wide.optimizer.name': 'lars'}, r"wide.optimizer.name='lars' is unknown"),
     ({'finetune.optimizer.schedule': 'exponential'}, r"finetune.optimizer.schedule='exponential'"),
     ({'wide.optimizer.learning_rate': -1.0}, r'wide.optimizer.learning_rate=-1.0 must be > 0'),
     ({'finetune.alpha': 1.5}, r'finetune.alpha=1.5 must be in \[0, 1\]'),
