@@ -14,7 +14,13 @@ for the first two depths here, beside other runs):
   plain       scratch  KD     GWTN   probe  wide
   ResNet-20   80.35    80.53  73.94  47.48  84.08
   ResNet-56   62.81    53.16  50.37  21.01  62.62
-  ResNet-110  stopped: its wide network still at chance (10.3%) at 300 of its 600 steps `:smoke` runs depths 8 and 20 on a slice of the data;
+  ResNet-110  stopped: its wide network still at chance (10.3%) at 300 of its 600 steps
+
+`:variants` (plain ResNet-20, seeds 0, 1, 2), GWTN accuracy % (scratch 79.29 +-1.30, KD 79.92
++-1.72; the BatchNorm row's controls train 100 steps longer: 80.14, 80.99):
+
+  paper's recipe 75.03 +-1.24   BatchNorm re-estimated 75.03 +-1.24
+  normalized MSE 12.08 +-2.80   normalized MSE x10      9.99 +-0.01   merged pairs: not finished `:smoke` runs depths 8 and 20 on a slice of the data;
 `:variants` runs the recipe variants on the plain ResNet-20, 3 seeds (`VARIANTS` below).
 
 What it runs: for each depth, the wide ResNet once (seed 0) and the thin ResNet from scratch,
