@@ -12,6 +12,7 @@ with its default there; `read_fields` reads them. No JAX, grain or numpy here.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,8 +88,7 @@ def image_dataset(name) -> ImageDataset:
   """
   if name in IMAGE_DATASETS:
     return IMAGE_DATASETS[name]
-  if not isinstance(name, str) or not name or not name.replace('_', 'a').replace(
-      '/', 'a').replace(':', 'a').replace('.', 'a').isalnum():
+  if not isinstance(name, str) or not re.fullmatch(r'[\w./:]+', name):
     raise ValueError(f'data.name={name!r} is neither one of {", ".join(IMAGE_DATASETS)} nor '
                      'the name of a tfds dataset')
   return GENERIC_TFDS

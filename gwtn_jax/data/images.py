@@ -276,7 +276,12 @@ def tfds_image_info(config) -> tuple[tuple[int | None, ...], int]:
     ValueError: as `check_data_config`.
   """
   opts = _parse(config)
-  features = _tfds_builder(opts).info.features
+  return _image_info(opts, _tfds_builder(opts))
+
+
+def _image_info(opts: _Options, builder) -> tuple[tuple[int | None, ...], int]:
+  """`tfds_image_info` from a builder already opened (and checked) by `_tfds_builder`."""
+  features = builder.info.features
   shape = tuple(features[opts.image_key].shape)
   if len(shape) == 2:
     shape += (1,)
@@ -293,13 +298,21 @@ def check_data_config(config) -> None:
     ValueError: one line naming the field and the fix: an unknown `name`, a bad value,
       a folder without the IDX files, a tfds dataset not prepared in `dir`.
   """
+  _check(config)
+
+
+def _check(config) -> tuple[_Options, Any]:
+  """`check_data_config`'s work; returns the options and, for a tfds dataset, its builder
+  (opened once, for `build_image_data` to read from), else None."""
   opts = _parse(config)
+  builder = None
   if opts.name == 'fashion_mnist_idx':
     _check_idx(opts)
   elif datasets.image_dataset(opts.name).source == 'tfds':
-    _tfds_builder(opts)
-    shape, _ = datasets.image_shape_and_classes(config, tfds_image_info)
+    builder = _tfds_builder(opts)
+    shape, _ = datasets.image_shape_and_classes(config, lambda _: _image_info(opts, builder))
     datasets.pixel_stats(config, shape[2])
+  return opts, builder
 
 
 # ----------------------------------------------------------------------------------
@@ -479,8 +492,7 @@ def build_image_data(config, *, process_index: int = 0,
   Raises:
     ValueError: as `check_data_config`.
   """
-  check_data_config(config)
-  opts = _parse(config)
+  opts, builder = _check(config)
   name = opts.name
   cropped = False  # images of varying sizes, cropped to image_size
   if name == 'synthetic':
@@ -503,8 +515,7 @@ def build_image_data(config, *, process_index: int = 0,
     num_classes = datasets.IMAGE_DATASETS[name].num_classes
     mean_std = datasets.pixel_stats(config, shape[2])
   else:
-    builder = _tfds_builder(opts)
-    stored, num_classes = tfds_image_info(config)
+    stored, num_classes = _image_info(opts, builder)
     cropped = name == 'imagenet2012' or None in stored[:2]
     channels = stored[2] or 3
     if cropped:

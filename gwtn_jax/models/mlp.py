@@ -105,9 +105,9 @@ class MLP(nn.Module):
   def merge_input_map(self, params, point: str, matrix):
     """The params of the same network with the linear map `matrix` ([H, H]) applied to
     point `point`'s output, folded into the layer that reads it (exact: x @ M @ K = x @ K')."""
-    names = [p.name for p in self.points()]
-    i = points_lib.index(self.points(), point, 'point')
-    reader = layer_module_name(i + 2) if i + 1 < len(names) else 'head'
+    points = self.points()
+    i = points_lib.index(points, point, 'point')
+    reader = layer_module_name(i + 2) if i + 1 < len(points) else 'head'
     layer = dict(params[reader])
     layer['kernel'] = matrix.astype(layer['kernel'].dtype) @ layer['kernel']
     return {**params, reader: layer}
