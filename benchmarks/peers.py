@@ -29,6 +29,7 @@ per cent.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from absl import app
 from absl import flags
 
-_CASES = flags.DEFINE_list('cases', ['resnet50', 'bert', 'imitation'], 'Cases to run.')
+_CASES = flags.DEFINE_list('cases', ['resnet50', 'bert', 'imitation', 'floor'], 'Cases to run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved rounds.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per contender per round.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after the compile.')
@@ -47,6 +48,9 @@ _RESNET_BATCH = flags.DEFINE_integer('resnet_batch', 8, 'ResNet-50 batch.')
 _BERT_BATCH = flags.DEFINE_integer('bert_batch', 8, 'BERT-Base batch.')
 _IMITATION_BATCH = flags.DEFINE_integer('imitation_batch', 128, 'Imitation batch.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+_FLOOR_CONFIGS = flags.DEFINE_list(
+    'floor_configs', ['configs/fashion_mnist.py', 'configs/shakespeare_bert.py'],
+    "The demos whose last imitation phase the 'floor' case times against its floor.")
 
 Step = Callable[[], None]  # one train step, returning when its work is done
 
@@ -237,6 +241,123 @@ def imitation_case(batch_size: int, dtype: str) -> list[tuple[str, Step]]:
   return contenders
 
 
+# --- Imitation against its floor ----------------------------------------------------------------
+
+
+def _load_config(spec: str):
+  """A config file's `get_config(arg)`, from 'path' or 'path:arg' (as `--config` takes it)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('peers_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def floor_case(spec: str) -> tuple[list[tuple[str, Step]], dict[str, tuple[str, ...]]]:
+  """A demo's last GWTN imitation phase (the loop's jitted step, the config's mesh, one batch
+  of the demo's data) against its floor: the teacher's forward to the imitated point, and a
+  minimal thin train step to that point (forward, the 1x1 up-projection, MSE, backward,
+  the same optimizer), each jitted alone with the same inputs. The step may cost at most
+  1.05x the sum of the two (issue 16).
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from gwtn_jax import builders, config_lib  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods import base  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods.imitation import Imitation  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  config = _load_config(spec)
+  with tempfile.TemporaryDirectory() as tmp:
+    config_lib.validate(config, tmp)
+  exp = builders.build_experiment(config)
+  mesh, rules, task, thin, wide = exp.mesh, exp.rules, exp.task, exp.thin, exp.wide
+  batch = mesh_lib.put_global_batch(
+      next(exp.data.train_batches(global_batch_size=config.batch_size, seed=0)), mesh)
+  method = Imitation(thin, wide, task, config.imitate)
+  phases = list(method.phases())
+  phase = [p for p in phases if p.key is not None][-1]
+  thin_point, wide_point = method.points[phase.key]
+  sample = task.sample_batch()
+  rng = jax.random.key(0)
+  tx, _ = optim.make_optimizer(config.imitate.optimizer, [p.steps for p in phases])
+  _, shardings = state_lib.abstract_state(method, tx, rng, sample, None, mesh, rules)
+  state = [state_lib.create_state(method, tx, rng, sample, None, shardings)]
+  target = loop.model_abstract_variables(wide, task, mesh, rules)
+  teacher_shardings = jax.tree.map(lambda x: x.sharding, target)
+  teacher = jax.jit(lambda r: nn.meta.unbox(task.init(wide, r, sample)),
+                    out_shardings=teacher_shardings)(jax.random.key(1))
+  step = loop.jit_train_step(method, phase, tx, rng, mesh, rules, shardings, teacher_shardings)
+
+  def ours():
+    state[0], metrics = step(state[0], batch, teacher)
+    jax.block_until_ready(metrics)
+
+  @jax.jit
+  def teacher_forward(variables, batch):
+    _, out = task.forward(wide, variables, batch, train=False, stop_at=wide_point,
+                          mutable=['intermediates'])
+    return wide.read_points(out['intermediates'])[wide_point]
+
+  targets = teacher_forward(teacher, batch)
+
+  def teacher_part():
+    jax.block_until_ready(teacher_forward(teacher, batch))
+
+  # The minimal thin step: only the modules up to the point (and the projection) train.
+  variables = nn.meta.unbox(jax.jit(lambda r: task.init(thin, r, sample))(rng))
+  keep = set(m for p in thin.points()[:[p.name for p in thin.points()].index(thin_point) + 1]
+             for m in p.modules)
+  params = {'student': {k: v for k, v in variables['params'].items() if k in keep},
+            'up': jnp.zeros(method.up[thin_point], jnp.float32)
+            if thin_point in method.up else None}
+  frozen = {k: v for k, v in variables['params'].items() if k not in keep}
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  positions = task.position_weights(batch)
+  floor_tx, _ = optim.make_optimizer(config.imitate.optimizer, [p.steps for p in phases])
+  floor = [(params, model_state, floor_tx.init(params))]
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def thin_step(carry, batch, targets, step_rng):
+    params, model_state, opt_state = carry
+
+    def loss_fn(params):
+      y, new_state = task.forward(thin, {'params': {**params['student'], **frozen},
+                                         **model_state}, batch, train=True, rng=step_rng,
+                                  stop_at=thin_point)
+      if params['up'] is not None:
+        y = jnp.einsum('...c,cd->...d', y, params['up'].astype(y.dtype))
+      return jnp.mean(base.feature_mse(y, targets, positions)), new_state
+
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = floor_tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), {**model_state, **new_state}, opt_state), loss
+
+  def thin_part():
+    floor[0], loss = thin_step(floor[0], batch, targets, rng)
+    jax.block_until_ready(loss)
+
+  from gwtn_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  counts = (loop.step_model_flops(method, phase, tx, rng, mesh, rules, state[0], batch, teacher),
+            flops_lib.count(teacher_forward, teacher, batch),
+            flops_lib.count(thin_step, floor[0], batch, targets, rng))
+  print(f'{spec}: model GFLOP per step: ours {counts[0] / 1e9:.3f}, floor {counts[1] / 1e9:.3f} '
+        f'(teacher) + {counts[2] / 1e9:.3f} (thin) = {(counts[1] + counts[2]) / 1e9:.3f}',
+        flush=True)
+  name = f'ours, last phase ({phase.name})'
+  contenders = [(name, ours), ('floor: teacher forward to the point', teacher_part),
+                ('floor: thin step to the point', thin_part)]
+  sums = {'floor: the two summed': ('floor: teacher forward to the point',
+                                    'floor: thin step to the point')}
+  return contenders, sums
+
+
 def _torch_cifar_trunk(width: int):
   """The demo's CIFAR ResNet-20 trunk in PyTorch (stride-2 3x3 stem, 3 stages of 3 basic
   blocks of width w, 2w, 4w, projection shortcuts where the shape changes), up to the last
@@ -316,7 +437,16 @@ def table(case: str, times: dict[str, list[float]]) -> str:
 
 
 CASES = {'resnet50': (resnet50_case, _RESNET_BATCH), 'bert': (bert_case, _BERT_BATCH),
-         'imitation': (imitation_case, _IMITATION_BATCH)}
+         'imitation': (imitation_case, _IMITATION_BATCH), 'floor': (floor_case, None)}
+
+
+def _with_sums(times: dict[str, list[float]], sums: dict[str, tuple[str, ...]]
+               ) -> dict[str, list[float]]:
+  """`times` and, per round, the sum of the named contenders' times (a floor made of parts)."""
+  out = dict(times)
+  for name, parts in sums.items():
+    out[name] = [sum(t) for t in zip(*(times[p] for p in parts))]
+  return out
 
 
 def main(argv):
@@ -333,6 +463,17 @@ def main(argv):
         f'{_ROUNDS.value} rounds of {_STEPS.value} steps', flush=True)
   for case in _CASES.value:
     build, batch_flag = CASES[case]
+    if batch_flag is None:  # the floor: one table per demo config, its own batch and dtype
+      for spec in _FLOOR_CONFIGS.value:
+        contenders, sums = build(spec)
+        times = interleaved(contenders, _ROUNDS.value, _STEPS.value, _WARMUP.value)
+        times = _with_sums(times, sums)
+        print(table(f'{case}: {spec}', times), flush=True)
+        ours, floor = next(iter(times.values())), next(iter(sums))
+        lo, mid, hi = _quartiles([o / f for o, f in zip(ours, times[floor])])
+        print(f'ours / floor: {mid:.3f} (IQR {lo:.3f}-{hi:.3f}) over {len(ours)} rounds; '
+              f'the target is at most 1.05', flush=True)
+      continue
     contenders = build(batch_flag.value, _DTYPE.value)
     print(table(f'{case} (batch {batch_flag.value})',
                 interleaved(contenders, _ROUNDS.value, _STEPS.value, _WARMUP.value)),
