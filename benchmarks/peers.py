@@ -2,6 +2,8 @@ r"""This project's train steps against what users would write instead, on one ma
 
   python benchmarks/peers.py                            # every case, 5 interleaved rounds
   python benchmarks/peers.py --cases=imitation --rounds=9
+  python benchmarks/peers.py --cases=floor --rounds=15       # imitation against its floor
+  python benchmarks/peers.py --cases=resnet50,bert --profile=12   # and where our steps spend
   python benchmarks/peers.py --dtype=bfloat16 --resnet_batch=256 --bert_batch=64   # a GPU
 
 Cases (same sizes, dtype and optimizer on both sides; random data and weights, timing only):
@@ -16,6 +18,14 @@ Cases (same sizes, dtype and optimizer on both sides; random data and weights, t
   ResNet-20 at width 0.25 imitating the wide one's last stage through a 1x1 projection), ours
   against the same in plain PyTorch (teacher forward without gradients, thin forward, the
   projection, MSE, backward, SGD): the cost of the method, not only of a supervised step.
+- `floor`: for each demo of `--floor_configs` (the Fashion-MNIST ResNet and the Shakespeare
+  BERT, their own batch, data and optimizer), the last imitation phase's step against its
+  floor: the teacher's forward to the imitated point plus a minimal thin train step to it
+  (forward, up-projection, MSE, backward, update), each jitted alone. It prints the model
+  FLOPs of the three and `ours / floor` per round (the target: at most 1.05).
+
+`--profile=N` traces one step of each of our contenders after the timings and prints its N
+costliest kinds of XLA op (the host trace of `jax.profiler`): where a step's time goes.
 
 The flax examples' ResNet (`examples/imagenet`) is not a pip package and this machine cannot
 download it, so it is not a contender here (the issue's figures for it were measured apart).
@@ -48,6 +58,9 @@ _RESNET_BATCH = flags.DEFINE_integer('resnet_batch', 8, 'ResNet-50 batch.')
 _BERT_BATCH = flags.DEFINE_integer('bert_batch', 8, 'BERT-Base batch.')
 _IMITATION_BATCH = flags.DEFINE_integer('imitation_batch', 128, 'Imitation batch.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+_PROFILE = flags.DEFINE_integer(
+    'profile', 0, 'After the timings, trace one step of each of our contenders with '
+    'jax.profiler and print this many of its costliest kinds of XLA op (0: none).')
 _FLOOR_CONFIGS = flags.DEFINE_list(
     'floor_configs', ['configs/fashion_mnist.py', 'configs/shakespeare_bert.py'],
     "The demos whose last imitation phase the 'floor' case times against its floor.")
@@ -422,6 +435,36 @@ def interleaved(contenders: list[tuple[str, Step]], rounds: int, steps: int, war
   return times
 
 
+def op_profile(run: Step, top: int) -> str:
+  """The costliest kinds of XLA op of one call of `run` (jax.profiler's host trace; a kind is
+  an op's name without its number: 'copy_bitcast_fusion', 'dynamic-update-slice_fusion'),
+  their ms and share of the step."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      run()
+    events = json.load(gzip.open(glob.glob(f'{tmp}/**/*.trace.json.gz', recursive=True)[0]))
+  kinds = collections.Counter()
+  for e in events['traceEvents']:
+    name = e.get('name', '')
+    # Complete events of the executed ops; the runtime's spans (`Class::method`) and
+    # Python's (`$file:line`) left out.
+    if e.get('ph') != 'X' or '::' in name or name.startswith(('$', 'PjitFunction')):
+      continue
+    base, _, suffix = name.rpartition('.')
+    kinds[base if suffix.isdigit() and base else name] += e['dur'] / 1e3
+  total = sum(kinds.values())
+  lines = [f'  {"op kind":40s} {"ms":>9s} {"share":>6s}']
+  lines += [f'  {k[:40]:40s} {ms:9.1f} {ms / total:6.1%}' for k, ms in kinds.most_common(top)]
+  lines.append(f'  {"all ops":40s} {total:9.1f}')
+  return '\n'.join(lines)
+
+
 def table(case: str, times: dict[str, list[float]]) -> str:
   names = list(times)
   ours = times[names[0]]
@@ -478,6 +521,9 @@ def main(argv):
     print(table(f'{case} (batch {batch_flag.value})',
                 interleaved(contenders, _ROUNDS.value, _STEPS.value, _WARMUP.value)),
           flush=True)
+    for name, run in contenders if _PROFILE.value else ():
+      if name.startswith('ours'):
+        print(f'{name}: one step traced\n{op_profile(run, _PROFILE.value)}', flush=True)
 
 
 if __name__ == '__main__':

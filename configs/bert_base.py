@@ -39,7 +39,11 @@ Values and where they come from:
   the steps at 512); stage 2: 13 points (the embeddings and 12 layers), progressive, 10,000
   steps each, Adam at 1e-4 restarted per point, MSE on LayerNorm-normalized features; stage
   3: 870,000 steps of MLM + KD on the MLM distribution (alpha 0.5, T 1); the controls get
-  stage 2 + 3's 1,000,000 steps; bfloat16 compute; layers under nn.scan (fast compiles).
+  stage 2 + 3's 1,000,000 steps; bfloat16 compute; layers under nn.scan, for TPU pods: one
+  layer compiled instead of twelve. On a CPU the scanned step costs 1.09x the unrolled one at
+  batch 8 (XLA zero-fills and slices the loop's stacked buffers; `benchmarks/README.md`), so
+  the CPU configs (`shakespeare_bert.py`, `study_depth_bert.py`) leave `model.scan_layers`
+  off; set it False here to run this config on CPUs.
 - `:mesh=PRESET` picks another mesh preset (`data`, `fsdp`, `fsdp_tensor`; combine:
   `:devices=256,mesh=data`).
 - `:devices=N` keeps the paper's 256M training sequences but on a global batch of 32 per

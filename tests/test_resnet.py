@@ -405,3 +405,20 @@ def test_boxed_and_unboxed_params_give_the_same_logits(real_init):
   logits = apply(model, unboxed, x, train=False)
   np.testing.assert_array_equal(logits, apply(model, boxed, x, train=False))
   assert logits.shape == (1, 5)
+
+
+@pytest.mark.parametrize('strides', [1, 2])
+def test_one_by_one_conv_is_the_conv_it_replaces(strides):
+  """A 1x1 Conv runs as a matrix product; outputs and both gradients are the conv's."""
+  from gwtn_jax.models.resnet import Conv  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(1, 1, 3, 5)), jnp.float32)
+  ours = lambda x, k: Conv(5, 1, strides).apply({'params': {'kernel': k}}, x)
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (strides, strides), ((0, 0), (0, 0)),
+                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(ours(x, kernel), conv(x, kernel), rtol=1e-5, atol=1e-5)
+  assert ours(x, kernel).shape == (2, 7 if strides == 1 else 4, 7 if strides == 1 else 4, 5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, kernel), jax.grad(loss(conv), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

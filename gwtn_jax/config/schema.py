@@ -180,7 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
       attention_dropout_rate=0.1,
       max_position=512,
       nsp_head=False,
-      scan_layers=False,     # nn.scan over the layers (one compiled layer: faster compiles)
+      # nn.scan over the layers: one compiled layer, faster compiles (TPU pods); on a CPU
+      # the step costs 1.09-1.19x the unrolled one (benchmarks/README.md)
+      scan_layers=False,
       remat=False,           # rematerialize each layer in the backward pass
   ))
   # The thin network is the one shipped; the wide one is the same depth widened (DESIGN.md).
