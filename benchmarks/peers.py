@@ -267,12 +267,16 @@ def _load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def floor_case(spec: str) -> tuple[list[tuple[str, Step]], dict[str, tuple[str, ...]]]:
+def floor_case(spec: str):
   """A demo's last GWTN imitation phase (the loop's jitted step, the config's mesh, one batch
   of the demo's data) against its floor: the teacher's forward to the imitated point, and a
   minimal thin train step to that point (forward, the 1x1 up-projection, MSE, backward,
   the same optimizer), each jitted alone with the same inputs. The step may cost at most
   1.05x the sum of the two (issue 16).
+
+  Returns:
+    (contenders, {name of a sum: the contenders it adds up}, the model FLOPs of one call of
+    'ours', 'teacher' and 'thin').
   """
   import tempfile  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -281,19 +285,22 @@ def floor_case(spec: str) -> tuple[list[tuple[str, Step]], dict[str, tuple[str, 
   import optax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders, config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.methods import base  # pylint: disable=g-import-not-at-top
-  from gwtn_jax.methods.imitation import Imitation  # pylint: disable=g-import-not-at-top
+  from gwtn_jax.methods import imitation  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import loop, optim  # pylint: disable=g-import-not-at-top
   from gwtn_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   config = _load_config(spec)
+  if config.imitate.inputs != 'own' or config.imitate.projection != 'up':
+    raise ValueError(f'{spec}: the floor is that of imitation with its own inputs and an '
+                     "up-projection (imitate.inputs='own', imitate.projection='up')")
   with tempfile.TemporaryDirectory() as tmp:
     config_lib.validate(config, tmp)
   exp = builders.build_experiment(config)
   mesh, rules, task, thin, wide = exp.mesh, exp.rules, exp.task, exp.thin, exp.wide
   batch = mesh_lib.put_global_batch(
       next(exp.data.train_batches(global_batch_size=config.batch_size, seed=0)), mesh)
-  method = Imitation(thin, wide, task, config.imitate)
+  method = imitation.Imitation(thin, wide, task, config.imitate)
   phases = list(method.phases())
   phase = [p for p in phases if p.key is not None][-1]
   thin_point, wide_point = method.points[phase.key]
@@ -346,7 +353,10 @@ def floor_case(spec: str) -> tuple[list[tuple[str, Step]], dict[str, tuple[str, 
                                   stop_at=thin_point)
       if params['up'] is not None:
         y = jnp.einsum('...c,cd->...d', y, params['up'].astype(y.dtype))
-      return jnp.mean(base.feature_mse(y, targets, positions)), new_state
+      t = targets
+      if config.imitate.normalize:  # the same loss as the step's
+        y, t = imitation.layer_norm(y), imitation.layer_norm(t)
+      return jnp.mean(base.feature_mse(y, t, positions)), new_state
 
     (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = floor_tx.update(grads, opt_state, params)
@@ -357,18 +367,16 @@ def floor_case(spec: str) -> tuple[list[tuple[str, Step]], dict[str, tuple[str, 
     jax.block_until_ready(loss)
 
   from gwtn_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  counts = (loop.step_model_flops(method, phase, tx, rng, mesh, rules, state[0], batch, teacher),
-            flops_lib.count(teacher_forward, teacher, batch),
-            flops_lib.count(thin_step, floor[0], batch, targets, rng))
-  print(f'{spec}: model GFLOP per step: ours {counts[0] / 1e9:.3f}, floor {counts[1] / 1e9:.3f} '
-        f'(teacher) + {counts[2] / 1e9:.3f} (thin) = {(counts[1] + counts[2]) / 1e9:.3f}',
-        flush=True)
+  counts = {'ours': loop.step_model_flops(method, phase, tx, rng, mesh, rules, state[0], batch,
+                                          teacher),
+            'teacher': flops_lib.count(teacher_forward, teacher, batch),
+            'thin': flops_lib.count(thin_step, floor[0], batch, targets, rng)}
   name = f'ours, last phase ({phase.name})'
   contenders = [(name, ours), ('floor: teacher forward to the point', teacher_part),
                 ('floor: thin step to the point', thin_part)]
   sums = {'floor: the two summed': ('floor: teacher forward to the point',
                                     'floor: thin step to the point')}
-  return contenders, sums
+  return contenders, sums, counts
 
 
 def _torch_cifar_trunk(width: int):
@@ -508,7 +516,10 @@ def main(argv):
     build, batch_flag = CASES[case]
     if batch_flag is None:  # the floor: one table per demo config, its own batch and dtype
       for spec in _FLOOR_CONFIGS.value:
-        contenders, sums = build(spec)
+        contenders, sums, counts = build(spec)
+        print(f'{spec}: model GFLOP per step: ours {counts["ours"] / 1e9:.3f}, floor '
+              f'{counts["teacher"] / 1e9:.3f} (teacher) + {counts["thin"] / 1e9:.3f} (thin)',
+              flush=True)
         times = interleaved(contenders, _ROUNDS.value, _STEPS.value, _WARMUP.value)
         times = _with_sums(times, sums)
         print(table(f'{case}: {spec}', times), flush=True)

@@ -132,7 +132,8 @@ def _project(kernel: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.einsum('...c,cd->...d', x, kernel.astype(x.dtype))
 
 
-def _layer_norm(x: jax.Array) -> jax.Array:
+def layer_norm(x: jax.Array) -> jax.Array:
+  """The normalization of `imitate.normalize`: LayerNorm without parameters, in float32."""
   x = x.astype(jnp.float32)
   mean = jnp.mean(x, axis=-1, keepdims=True)
   var = jnp.var(x, axis=-1, keepdims=True)
@@ -361,7 +362,7 @@ class Imitation(base.Method):
         raise ValueError(f'imitate: thin point {thin_point} {s.shape} does not match teacher point '
                          f'{wide_point} {t.shape}; check imitate.layer_map')
       if self.config.normalize:
-        s, t = _layer_norm(s), _layer_norm(t)
+        s, t = layer_norm(s), layer_norm(t)
       losses[thin_point] = base.feature_mse(s, t, positions)  # padding is not imitated
     weights = jnp.asarray([self.weights[i] for i in active])
     total = sum(w * losses[self.points[i][0]] for w, i in zip(weights, active)) / jnp.maximum(
