@@ -330,14 +330,14 @@ def floor_case(spec: str):
   def teacher_part():
     jax.block_until_ready(teacher_forward(teacher, batch))
 
-  # The minimal thin step: only the modules up to the point (and the projection) train.
+  # The minimal thin step: only the modules up to the point (and the projection) exist; the
+  # partial forward creates nothing above it.
   variables = nn.meta.unbox(jax.jit(lambda r: task.init(thin, r, sample))(rng))
   keep = set(m for p in thin.points()[:[p.name for p in thin.points()].index(thin_point) + 1]
              for m in p.modules)
   params = {'student': {k: v for k, v in variables['params'].items() if k in keep},
             'up': jnp.zeros(method.up[thin_point], jnp.float32)
             if thin_point in method.up else None}
-  frozen = {k: v for k, v in variables['params'].items() if k not in keep}
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   positions = task.position_weights(batch)
   floor_tx, _ = optim.make_optimizer(config.imitate.optimizer, [p.steps for p in phases])
@@ -348,9 +348,8 @@ def floor_case(spec: str):
     params, model_state, opt_state = carry
 
     def loss_fn(params):
-      y, new_state = task.forward(thin, {'params': {**params['student'], **frozen},
-                                         **model_state}, batch, train=True, rng=step_rng,
-                                  stop_at=thin_point)
+      y, new_state = task.forward(thin, {'params': params['student'], **model_state}, batch,
+                                  train=True, rng=step_rng, stop_at=thin_point)
       if params['up'] is not None:
         y = jnp.einsum('...c,cd->...d', y, params['up'].astype(y.dtype))
       t = targets
