@@ -73,7 +73,6 @@ Step = Callable[[], None]  # one train step, returning when its work is done
 
 def _ours(method, task, batch, optimizer, teacher_model=None, phase_index=0) -> Step:
   """The loop's jitted step of `method` on a one-device mesh, state donated like the loop's."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -91,8 +90,7 @@ def _ours(method, task, batch, optimizer, teacher_model=None, phase_index=0) -> 
   state = [state_lib.create_state(method, tx, rng, sample, None, shardings)]
   teacher = teacher_shardings = None
   if teacher_model is not None:
-    teacher = jax.jit(lambda r: nn.meta.unbox(task.init(teacher_model, r, sample)))(
-        jax.random.key(1))
+    teacher = loop.init_model_variables(teacher_model, task, mesh, rules, jax.random.key(1))
     teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
   step = loop.jit_train_step(method, phases[phase_index], tx, rng, mesh, rules, shardings,
                              teacher_shardings)
@@ -309,10 +307,8 @@ def floor_case(spec: str):
   tx, _ = optim.make_optimizer(config.imitate.optimizer, [p.steps for p in phases])
   _, shardings = state_lib.abstract_state(method, tx, rng, sample, None, mesh, rules)
   state = [state_lib.create_state(method, tx, rng, sample, None, shardings)]
-  target = loop.model_abstract_variables(wide, task, mesh, rules)
-  teacher_shardings = jax.tree.map(lambda x: x.sharding, target)
-  teacher = jax.jit(lambda r: nn.meta.unbox(task.init(wide, r, sample)),
-                    out_shardings=teacher_shardings)(jax.random.key(1))
+  teacher = loop.init_model_variables(wide, task, mesh, rules, jax.random.key(1))
+  teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
   step = loop.jit_train_step(method, phase, tx, rng, mesh, rules, shardings, teacher_shardings)
 
   def ours():
@@ -340,8 +336,7 @@ def floor_case(spec: str):
             if thin_point in method.up else None}
   model_state = {k: v for k, v in variables.items() if k != 'params'}
   positions = task.position_weights(batch)
-  floor_tx, _ = optim.make_optimizer(config.imitate.optimizer, [p.steps for p in phases])
-  floor = [(params, model_state, floor_tx.init(params))]
+  floor = [(params, model_state, tx.init(params))]  # the step's own (stateless) optimizer
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def thin_step(carry, batch, targets, step_rng):
@@ -358,7 +353,7 @@ def floor_case(spec: str):
       return jnp.mean(base.feature_mse(y, t, positions)), new_state
 
     (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = floor_tx.update(grads, opt_state, params)
+    updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), {**model_state, **new_state}, opt_state), loss
 
   def thin_part():

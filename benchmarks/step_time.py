@@ -42,7 +42,6 @@ def _time(fn, steps: int, repeats: int) -> float:
 
 def main(argv):
   del argv
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from gwtn_jax import builders, config_lib  # pylint: disable=g-import-not-at-top
   from gwtn_jax.methods import registry  # pylint: disable=g-import-not-at-top
@@ -55,7 +54,6 @@ def main(argv):
     config_lib.validate(config, tmp)
   exp = builders.build_experiment(config)
   mesh, rules, wide, task = exp.mesh, exp.rules, exp.wide, exp.task
-  sample = task.sample_batch()
   batch_size = config.batch_size
 
   def first_batch(data):
@@ -63,10 +61,8 @@ def main(argv):
         next(data.train_batches(global_batch_size=batch_size, seed=0)), mesh)
 
   batch = first_batch(exp.data)
-  target = loop.model_abstract_variables(wide, task, mesh, rules)
-  teacher_shardings = jax.tree.map(lambda x: x.sharding, target)
-  teacher = jax.jit(lambda r: nn.meta.unbox(task.init(wide, r, sample)),
-                    out_shardings=teacher_shardings)(jax.random.key(0))
+  teacher = loop.init_model_variables(wide, task, mesh, rules, jax.random.key(0))
+  teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
 
   print(f'{config.model.name}: thin width {config.thin_width}, wide width {config.wide_width}; '
         f'global batch {batch_size}; mesh {dict(mesh.shape)}; {jax.devices()[0].platform}')

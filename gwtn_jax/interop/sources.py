@@ -245,9 +245,7 @@ def load(source: Source, model: nn.Module, task, mesh, rules, seed: int = 0):
   converted, missing = convert(source, model)
   if missing:
     _note(f'{source.where} has no {", ".join(missing)}: randomly initialized (seed {seed})')
-    fresh = jax.jit(lambda r: nn.meta.unbox(task.init(model, r, task.sample_batch())),
-                    out_shardings=jax.tree.map(lambda s: s.sharding, target))(
-                        jax.random.key(seed))
+    fresh = loop.init_model_variables(model, task, mesh, rules, jax.random.key(seed))
   else:
     fresh = None
 

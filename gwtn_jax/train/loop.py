@@ -201,6 +201,14 @@ def model_abstract_variables(model: nn.Module, task: tasks_lib.Task, mesh: Mesh,
                       shapes, shardings)
 
 
+def init_model_variables(model: nn.Module, task: tasks_lib.Task, mesh: Mesh, rules, rng):
+  """A plain network's freshly initialized variables, created straight into this mesh's
+  shardings (a random teacher for benchmarks; heads a converted checkpoint lacks)."""
+  target = model_abstract_variables(model, task, mesh, rules)
+  return jax.jit(lambda r: nn.meta.unbox(task.init(model, r, task.sample_batch())),
+                 out_shardings=jax.tree.map(lambda s: s.sharding, target))(rng)
+
+
 def load_stage_output(stage_dir: str, model: nn.Module, task: tasks_lib.Task, mesh: Mesh,
                       rules, step: int | None = None):
   """Restores a finished stage's network (or its snapshot at `step`) straight into this
