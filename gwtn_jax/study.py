@@ -3,18 +3,26 @@
 A config with `study.axis` set (a dotted config field, e.g. 'model.name' or
 'imitate.steps_per_point', or 'variant': named settings, each `{'variant': NAME, field:
 value, ...}`) and `study.settings` (its values) runs the whole pipeline once per
-value, in `WORKDIR/settings/<index>-<value>/`, each resumable like any run (a killed study rerun goes on
-where it stopped; finished settings are loaded, not rerun), then writes
+value, in `WORKDIR/settings/<index>-<value>/`, each resumable like any run (a killed study
+rerun goes on where it stopped; finished settings are loaded, not rerun), then writes
 
-- `study.json`: {"axis", "label", "metric", "loss", "settings": [{"value", "networks":
-  {network: {"mean", "spread", "per_seed", "params", "flops", "train_steps", "loss",
-  "loss_spread", "loss_per_seed"}}}]}, the metric being the task's main one (accuracy; MLM
+- `study.json`: {"axis", "label", "metric", "loss", "settings": [{"value", "teacher",
+  "networks": {network: {"mean", "spread", "per_seed", "params", "flops", "train_steps",
+  "loss", "loss_spread", "loss_per_seed"}}}]}, the metric being the task's main one (accuracy; MLM
   accuracy for a BERT), `per_seed` its value for each seed, and `loss` the held-out loss;
 - `study.md`: one table, a row per setting and a column per network (mean +- spread);
 - `study.png`: each network's mean and spread against the axis.
 
 `study.json` is written again after every setting, so a study stopped part way shows what it
 has. Every setting's config is checked before the first one runs.
+
+With `study.share_teacher` (the default), a setting whose teacher stage would train exactly as
+the first setting's (its config differs only in the later stages' fields, e.g. a budget or a
+recipe variant of stage 2, and asks for no other teacher snapshot) reads the first setting's
+teacher as its `teacher_dir` instead of training the same network again. Each setting's
+`teacher` in study.json names the stage folder it read ('' where it trained its own). A
+setting that already trained a teacher of its own (a study resumed from before sharing)
+keeps it.
 
   python -m gwtn_jax.main --config=configs/study_depth_mlp.py --workdir=DIR
 """
@@ -34,6 +42,9 @@ import jax
 from gwtn_jax import storage
 from gwtn_jax.config import schema
 from gwtn_jax.config import validation
+from gwtn_jax.config import workdir as workdir_lib
+from gwtn_jax.methods import registry
+from gwtn_jax.train import layout
 
 STUDY_JSON = 'study.json'
 STUDY_MD = 'study.md'
@@ -123,11 +134,56 @@ def _loss(config) -> str:
   return 'mlm_loss' if schema.is_text(config) else 'loss'
 
 
-def summarize(config, reports: list[tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
-  """study.json's content from each setting's report."""
+def _teacher_inputs(setting) -> str:
+  """All of a setting's config its teacher stage's training reads: everything but the other
+  stages' sections and the study's, plus the teacher snapshots those stages ask for."""
+  teacher = registry.teacher_stage()
+  fields = json.loads(setting.to_json_best_effort())
+  others = [s for s in registry.stages() if s != teacher and s in fields]
+  snapshots = sorted({fields[s].get('teacher_step', 0) for s in others})
+  for section in others + ['study']:
+    fields.pop(section, None)
+  return json.dumps({'config': fields, 'snapshots': snapshots}, sort_keys=True)
+
+
+def reading_teacher(setting, teacher_dir: str):
+  """`setting` with its teacher read from `teacher_dir` rather than trained."""
+  teacher = registry.teacher_stage()
+  setting = copy.deepcopy(setting)
+  with setting.unlocked():
+    setting.teacher_dir = teacher_dir
+    setting.stages = tuple(s for s in setting.stages if s != teacher)
+  return setting
+
+
+def shared_teachers(config, workdir: str, settings: list[tuple[Any, Any]],
+                    start_over: bool = False) -> list[Any]:
+  """Each setting's config as it runs: with `study.share_teacher`, a setting whose teacher
+  would train exactly as the first setting's reads that one (module docstring)."""
+  teacher = registry.teacher_stage()
+  first_value, first = settings[0]
+  if (not config.study.share_teacher or first.teacher_dir
+      or teacher not in schema.stages_of(first)):
+    return [s for _, s in settings]
+  first_teacher = os.path.join(setting_dir(workdir, 0, first_value), layout.STAGES_DIR,
+                               layout.stage_name(teacher))
+  same = _teacher_inputs(first)
+  out = [first]
+  for index, (value, setting) in enumerate(settings[1:], 1):
+    own = not start_over and teacher in workdir_lib.trained_stages(
+        setting_dir(workdir, index, value))
+    out.append(setting if own or _teacher_inputs(setting) != same
+               else reading_teacher(setting, first_teacher))
+  return out
+
+
+def summarize(config, reports: list[tuple[Any, dict[str, Any]]],
+              teachers: list[str] | None = None) -> dict[str, Any]:
+  """study.json's content from each setting's report (and the teacher folder it read, or
+  '' where it trained its own)."""
   metric, loss = _metric(config), _loss(config)
   settings = []
-  for value, report in reports:
+  for index, (value, report) in enumerate(reports):
     networks = {}
     for name in sorted(report, key=lambda n: (_ORDER.index(n) if n in _ORDER else 99, n)):
       row = report[name]
@@ -140,7 +196,10 @@ def summarize(config, reports: list[tuple[Any, dict[str, Any]]]) -> dict[str, An
       if loss in row['metrics']:  # the held-out loss too (a BERT's MLM loss separates more)
         networks[name].update(loss=row['metrics'][loss], loss_spread=row['spread'][loss],
                               loss_per_seed=[s[loss] for s in row['per_seed']])
-    settings.append({'value': value, 'networks': networks})
+    entry = {'value': value, 'networks': networks}
+    if teachers is not None:
+      entry['teacher'] = teachers[index]
+    settings.append(entry)
   return {'axis': config.study.axis, 'label': config.study.label or config.study.axis,
           'metric': metric, 'loss': loss, 'seeds': list(config.seeds), 'settings': settings}
 
@@ -221,16 +280,23 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
   """
   from gwtn_jax import pipeline  # pylint: disable=g-import-not-at-top
   settings = setting_configs(config)
-  for value, setting in settings:
+  runs = shared_teachers(config, workdir, settings, start_over)
+  for (value, setting), run_config in zip(settings, runs):
     try:
       validation.validate(setting, None)
+      if run_config is not setting:  # its teacher is not there yet: checked when it runs
+        validation.validate(run_config, None, data=False)
     except schema.ConfigError as e:
       raise schema.ConfigError(f'study setting {config.study.axis}={value!r}: {e}') from None
   storage.makedirs(workdir)
-  reports = []
-  for index, (value, setting) in enumerate(settings):
-    print(f'[study] {config.study.axis}={value!r} ({index + 1}/{len(settings)})', flush=True)
+  reports, teachers = [], []
+  for index, ((value, _), setting) in enumerate(zip(settings, runs)):
+    note = f'; the teacher of setting 1 ({setting.teacher_dir})' if index and (
+        setting is not settings[index][1]) else ''
+    print(f'[study] {config.study.axis}={value!r} ({index + 1}/{len(settings)}){note}',
+          flush=True)
     report = pipeline.run(setting, setting_dir(workdir, index, value), start_over=start_over)
     reports.append((value, report))
-    write(workdir, summarize(config, reports))
-  return summarize(config, reports)
+    teachers.append(setting.teacher_dir)
+    write(workdir, summarize(config, reports, teachers))
+  return summarize(config, reports, teachers)

@@ -84,6 +84,10 @@ def test_a_study_runs_each_setting_and_writes_its_tables(tmp_path, capsys):
       assert row['params'] > 0 and row['flops'] > 0 and row['train_steps'] > 0
     # Equal thin budgets at each depth (2 points x 2 steps, 4 x 1, + fine-tuning).
     assert networks['thin_scratch']['train_steps'] == networks['thin_gwtn']['train_steps']
+    assert setting['teacher'] == ''  # a depth changes the teacher: each trains its own
+  for index, value in enumerate((2, 4)):
+    assert os.path.exists(os.path.join(study_lib.setting_dir(workdir, index, value), 'stages',
+                                       'wide', 'result.json'))
   deeper = on_disk['settings'][1]['networks']['thin_gwtn']['params']
   assert deeper > on_disk['settings'][0]['networks']['thin_gwtn']['params']
   table = open(os.path.join(workdir, 'study.md')).read()
@@ -94,6 +98,57 @@ def test_a_study_runs_each_setting_and_writes_its_tables(tmp_path, capsys):
   again = study_lib.run(_study_config(), workdir)
   assert again == result
   assert 'step 1/' not in capsys.readouterr().out
+
+
+def _budget_study(**overrides):
+  c = tiny_config('', **{'model.name': 'mlp2', 'model.num_layers': 2, 'thin_width': 0.25,
+                         'seeds': (0,)})
+  c.study.axis = 'imitate.steps_per_point'
+  c.study.settings = (1, {'imitate.steps_per_point': 2, 'finetune.steps': 3})
+  for key, value in overrides.items():
+    c.study[key] = value
+  return c
+
+
+def test_a_study_of_later_stages_trains_the_teacher_once(tmp_path, capsys):
+  workdir = str(tmp_path / 'study')
+  result = study_lib.run(_budget_study(), workdir)
+  first = os.path.join(study_lib.setting_dir(workdir, 0, 1), 'stages', 'wide')
+  second = study_lib.setting_dir(workdir, 1, 2)
+  assert [s['teacher'] for s in result['settings']] == ['', first]
+  assert not os.path.exists(os.path.join(second, 'stages', 'wide'))
+  saved = json.load(open(os.path.join(second, 'config.json')))
+  assert saved['teacher_dir'] == first and 'wide' not in saved['stages']
+  wide = [s['networks']['wide'] for s in result['settings']]
+  assert wide[0] == wide[1]  # the one teacher, reported in both settings
+  gwtn = [s['networks']['thin_gwtn']['train_steps'] for s in result['settings']]
+  assert gwtn[1] > gwtn[0]
+  # A rerun loads everything, the shared teacher included.
+  capsys.readouterr()
+  assert study_lib.run(_budget_study(), workdir) == result
+  assert 'step 1/' not in capsys.readouterr().out
+
+
+def test_a_teacher_is_shared_only_where_it_would_train_alike(tmp_path):
+  workdir = str(tmp_path)
+  def shared(config, **kwargs):
+    runs = study_lib.shared_teachers(config, workdir, study_lib.setting_configs(config),
+                                     **kwargs)
+    return [bool(r.teacher_dir) for r in runs]
+  assert shared(_budget_study()) == [False, True]
+  assert shared(_budget_study(share_teacher=False)) == [False, False]
+  # A field of the teacher's own stage, a top-level field, another teacher snapshot: its own.
+  for setting in ({'imitate.steps_per_point': 2, 'wide.steps': 5},
+                  {'imitate.steps_per_point': 2, 'batch_size': 8},
+                  {'imitate.steps_per_point': 2, 'imitate.teacher_step': 2}):
+    assert shared(_budget_study(settings=(1, setting))) == [False, False], setting
+  # A setting that trained its own teacher before (a resumed study) keeps it, unless the
+  # study starts over.
+  own = os.path.join(study_lib.setting_dir(workdir, 1, 2), 'stages', 'wide')
+  os.makedirs(own)
+  open(os.path.join(own, 'result.json'), 'w').write('{}')
+  assert shared(_budget_study()) == [False, False]
+  assert shared(_budget_study(), start_over=True) == [False, True]
 
 
 def test_a_bad_study_is_refused_before_any_setting_runs(tmp_path):

@@ -333,8 +333,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.downstream = downstream_config()
   # A study (`gwtn_jax.study`): the pipeline once per value of one config field (dotted, e.g.
   # 'model.name' or 'imitate.steps_per_point'), every seed, and study.json/md/png over them.
-  # '' = a single run.
-  config.study = ml_collections.ConfigDict(dict(axis='', settings=(), label=''))
+  # '' = a single run. share_teacher: a setting whose teacher stage would train exactly as
+  # the first setting's (the axis changes only later stages' fields) reads the first
+  # setting's teacher (`teacher_dir`) instead of training it again (our choice: the study
+  # compares thin arms, and one teacher is both cheaper and the fairer comparison).
+  config.study = ml_collections.ConfigDict(dict(axis='', settings=(), label='',
+                                                share_teacher=True))
   return config
 
 
