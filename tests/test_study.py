@@ -55,15 +55,18 @@ def test_a_resnet_without_shortcuts_is_the_plain_network_of_the_same_layers():
   assert float(jnp.abs(block).sum()) > 0 and not np.allclose(block, stem)
 
 
-def _study_config(**overrides):
-  c = tiny_config('', **{'model.name': 'mlp2', 'thin_width': 0.25, 'seeds': (0, 1)})
-  c.study.axis = 'model.num_layers'
-  c.study.label = 'depth'
-  c.study.settings = ({'model.num_layers': 2, 'imitate.steps_per_point': 2},
-                      {'model.num_layers': 4, 'imitate.steps_per_point': 1})
-  for key, value in overrides.items():
-    c.study[key] = value
+def _study(fields, study):
+  """The tiny config on a thin MLP with `fields` overridden, and `study` as its study."""
+  c = tiny_config('', **{'model.name': 'mlp2', 'thin_width': 0.25, **fields})
+  c.study.update(study)
   return c
+
+
+def _study_config(**overrides):
+  return _study({'seeds': (0, 1)}, {
+      'axis': 'model.num_layers', 'label': 'depth',
+      'settings': ({'model.num_layers': 2, 'imitate.steps_per_point': 2},
+                   {'model.num_layers': 4, 'imitate.steps_per_point': 1}), **overrides})
 
 
 def test_a_study_runs_each_setting_and_writes_its_tables(tmp_path, capsys):
@@ -101,13 +104,9 @@ def test_a_study_runs_each_setting_and_writes_its_tables(tmp_path, capsys):
 
 
 def _budget_study(**overrides):
-  c = tiny_config('', **{'model.name': 'mlp2', 'model.num_layers': 2, 'thin_width': 0.25,
-                         'seeds': (0,)})
-  c.study.axis = 'imitate.steps_per_point'
-  c.study.settings = (1, {'imitate.steps_per_point': 2, 'finetune.steps': 3})
-  for key, value in overrides.items():
-    c.study[key] = value
-  return c
+  return _study({'model.num_layers': 2, 'seeds': (0,)}, {
+      'axis': 'imitate.steps_per_point',
+      'settings': (1, {'imitate.steps_per_point': 2, 'finetune.steps': 3}), **overrides})
 
 
 def test_a_study_of_later_stages_trains_the_teacher_once(tmp_path, capsys):
