@@ -1,7 +1,7 @@
 r"""Compression methods side by side on the embedded Fashion-MNIST: scratch, KD, LIT, AN, GWTN.
 
-Command (measured: 20 min 57 s on a 2-core CPU from an empty compilation cache; the table and
-its reading against the papers' claims are in the README):
+Command (measured: 24 min 49 s on a 2-core CPU from an empty compilation cache, 2026-12-02;
+the table and its reading against the papers' claims are in the README):
 
   python -m gwtn_jax.main --config=configs/compare_fashion_mnist.py --workdir=/tmp/compare
   python -m gwtn_jax.main --config=configs/compare_fashion_mnist.py:smoke --workdir=...
@@ -36,8 +36,9 @@ Every thin row gets 3 x 200 + 600 = 1,200 steps at batch 128 (2.6 epochs).
 What the papers claim, to read the report against (report.md lists each pair): GWTN beats
 scratch and KD at the same thin architecture (Zhou et al. 2020); LIT beats KD (Koratana et al.
 2019); AN's small network beats the same network trained alone (Nath et al.). Measured here
-(seed 0, accuracy): wide 88.52%, scratch 86.51%, KD 87.94%, GWTN 85.02%, LIT 86.90%, AN small
-86.07% against 86.57% alone: at 2.6 epochs none of the three claims holds; KD is best.
+(seed 0, accuracy, 2026-12-02): wide 88.96%, scratch 86.46%, KD 87.81%, GWTN 84.32%, LIT
+86.92%, AN small 86.14% against 86.84% alone: at 2.6 epochs none of the three claims holds; KD
+is best (the same ordering as on the code of 2026-11-22).
 
 Values and where they come from: the methods' own defaults (LIT beta 0.75, alpha 0.95, T 6;
 AN cf 4, lambda = min(4 (e/E)^2, 1) per epoch, AN's epoch being one pass over the 60,000
