@@ -177,13 +177,12 @@ def shared_teachers(config, workdir: str, settings: list[tuple[Any, Any]],
   return out
 
 
-def summarize(config, reports: list[tuple[Any, dict[str, Any]]],
-              teachers: list[str] | None = None) -> dict[str, Any]:
-  """study.json's content from each setting's report (and the teacher folder it read, or
+def summarize(config, reports: list[tuple[Any, dict[str, Any], str]]) -> dict[str, Any]:
+  """study.json's content from each setting's (value, report, the teacher folder it read or
   '' where it trained its own)."""
   metric, loss = _metric(config), _loss(config)
   settings = []
-  for index, (value, report) in enumerate(reports):
+  for value, report, teacher in reports:
     networks = {}
     for name in sorted(report, key=lambda n: (_ORDER.index(n) if n in _ORDER else 99, n)):
       row = report[name]
@@ -196,10 +195,7 @@ def summarize(config, reports: list[tuple[Any, dict[str, Any]]],
       if loss in row['metrics']:  # the held-out loss too (a BERT's MLM loss separates more)
         networks[name].update(loss=row['metrics'][loss], loss_spread=row['spread'][loss],
                               loss_per_seed=[s[loss] for s in row['per_seed']])
-    entry = {'value': value, 'networks': networks}
-    if teachers is not None:
-      entry['teacher'] = teachers[index]
-    settings.append(entry)
+    settings.append({'value': value, 'teacher': teacher, 'networks': networks})
   return {'axis': config.study.axis, 'label': config.study.label or config.study.axis,
           'metric': metric, 'loss': loss, 'seeds': list(config.seeds), 'settings': settings}
 
@@ -289,14 +285,13 @@ def run(config, workdir: str, start_over: bool = False) -> dict[str, Any]:
     except schema.ConfigError as e:
       raise schema.ConfigError(f'study setting {config.study.axis}={value!r}: {e}') from None
   storage.makedirs(workdir)
-  reports, teachers = [], []
+  reports = []
   for index, ((value, _), setting) in enumerate(zip(settings, runs)):
     note = f'; the teacher of setting 1 ({setting.teacher_dir})' if index and (
         setting is not settings[index][1]) else ''
     print(f'[study] {config.study.axis}={value!r} ({index + 1}/{len(settings)}){note}',
           flush=True)
     report = pipeline.run(setting, setting_dir(workdir, index, value), start_over=start_over)
-    reports.append((value, report))
-    teachers.append(setting.teacher_dir)
-    write(workdir, summarize(config, reports, teachers))
-  return summarize(config, reports, teachers)
+    reports.append((value, report, setting.teacher_dir))
+    write(workdir, summarize(config, reports))
+  return summarize(config, reports)
